@@ -1,0 +1,57 @@
+"""`detect eval`: one command, three measurements (--accuracy, --map, --recall)."""
+from __future__ import annotations
+
+import click
+
+from backbone.errors import InputError
+
+
+@click.command("eval")
+@click.option("--accuracy", "mode", flag_value="accuracy",
+              help="Classification top-1/top-5 of one or more classifier runs on an image folder.")
+@click.option("--map", "mode", flag_value="map",
+              help="Detection mAP of a detections file (or of --model run over the data set).")
+@click.option("--recall", "mode", flag_value="recall",
+              help="Recall of cached proposals against the data set's ground truth.")
+@click.option("--data", required=True, type=click.Path(exists=True),
+              help="--accuracy: a folder of class folders (or ILSVRC val layout); --map/--recall: a detection data set.")
+@click.option("--split", default=None, help="Split of a VOC/ILSVRC data set (ImageSets/Main/SPLIT.txt).")
+@click.option("--model", "models", multiple=True, type=click.Path(exists=True),
+              help="A run folder; repeat for an ensemble (--accuracy). With --map: a detector run to evaluate.")
+@click.option("--crops", type=click.Choice(["1", "10", "144"]), default="1", show_default=True,
+              help="--accuracy: test crops per image (paper section 7).")
+@click.option("--table", is_flag=True, help="--accuracy: print the paper's Table 3 layout (models x crops).")
+@click.option("--detections", type=click.Path(exists=True), default=None,
+              help="--map: COCO results JSON as written by `detect run`.")
+@click.option("--protocol", type=click.Choice(["ilsvrc", "voc07", "voc12", "coco"]), default="voc12",
+              show_default=True, help="--map: evaluation protocol.")
+@click.option("--proposals", "proposals_path", type=click.Path(exists=True), default=None,
+              help="--recall: a proposal cache written by `detect proposals`.")
+@click.option("--json", "json_path", type=click.Path(), default=None, help="Also write the numbers as JSON here.")
+@click.option("--plots", type=click.Path(), default=None, help="--map: write precision-recall curves (PNG) here.")
+@click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:1 or auto.")
+@click.option("--batch-size", default=64, show_default=True, help="Images (crops) per forward pass.")
+@click.option("--workers", default=2, show_default=True, help="Data loading worker processes.")
+def eval_command(mode, data, split, models, crops, table, detections, protocol, proposals_path,
+                 json_path, plots, device, batch_size, workers) -> None:
+    """Measure a classifier (--accuracy), a detector (--map) or proposals (--recall)."""
+    if mode == "accuracy":
+        from detect.cli_backbone import eval_accuracy
+        if not models:
+            raise InputError(None, "--accuracy needs at least one --model RUN")
+        eval_accuracy(data=data, models=list(models), crops=int(crops), table=table,
+                      json_path=json_path, device=device, batch_size=batch_size, workers=workers)
+    elif mode == "map":
+        from detect.cli_data import eval_map
+        if detections is None and not models:
+            raise InputError(None, "--map needs --detections FILE or --model RUN")
+        eval_map(data=data, split=split, detections=detections, models=list(models),
+                 protocol=protocol, json_path=json_path, plots=plots, device=device,
+                 batch_size=batch_size)
+    elif mode == "recall":
+        from detect.cli_proposals import eval_recall
+        if proposals_path is None:
+            raise InputError(None, "--recall needs --proposals CACHE")
+        eval_recall(data=data, split=split, proposals=proposals_path, json_path=json_path)
+    else:
+        raise click.UsageError("choose one of --accuracy, --map, --recall")
