@@ -1,0 +1,56 @@
+"""The detector's config: proposals, region crops, inference and fine-tuning, in one dataclass.
+
+Loaded with `backbone.config.load_config(DetectorConfig, yaml_path, overrides)` and saved as
+`detector.yaml` in every detector run, so a run carries the settings it was trained with.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from proposals import ProposalConfig
+
+PRECISIONS = ("auto", "float32", "bfloat16", "float16")
+
+
+@dataclass
+class RegionConfig:
+    context_pad: int = 16  # context pixels around each box at a 224 crop (R-CNN); scaled with the crop
+    crop_size: int = 0  # side of the warped crop; 0 = the member's input_size
+
+
+@dataclass
+class InferenceConfig:
+    nms_iou: float = 0.3  # per-class greedy NMS overlap (R-CNN test time)
+    score_threshold: float = 0.05  # detections scoring below this are dropped
+    max_detections: int = 100  # most detections kept per image, best first
+    batch_size: int = 64  # regions per forward pass; bounds memory for any number of proposals
+    precision: str = "auto"  # auto | float32 | bfloat16 | float16; auto = fastest safe on the device
+    channels_last: bool = True  # NHWC memory layout for the convolutions (faster on CPU and GPU)
+
+
+@dataclass
+class FinetuneConfig:
+    epochs: int = 2  # passes over the training images
+    lr: float = 0.001  # SGD learning rate (R-CNN fine-tuning)
+    momentum: float = 0.9  # SGD momentum
+    weight_decay: float = 5e-4  # L2 penalty
+    batch_regions: int = 128  # regions per mini-batch
+    fg_per_batch: int = 32  # foreground regions per mini-batch (the rest are background)
+    images_per_batch: int = 2  # images a mini-batch's regions are drawn from
+    fg_iou: float = 0.5  # IoU with a ground-truth box of the class at or above which a region is foreground
+    bg_iou_high: float = 0.5  # background: best IoU below this ...
+    bg_iou_low: float = 0.0  # ... and at or above this
+    mirror: bool = True  # random horizontal flips of the regions
+    members: int = 3  # ensemble members, each fine-tuned with its own seed and sampling
+    seed: int = 0  # seed of member 0; member i uses seed + i
+    workers: int = 2  # data loading worker processes
+    lr_gamma: float = 0.1  # learning-rate factor at each step
+    lr_step_epochs: int = 0  # epochs between learning-rate steps; 0 = constant
+
+
+@dataclass
+class DetectorConfig:
+    proposals: ProposalConfig = field(default_factory=ProposalConfig)  # where the regions come from
+    regions: RegionConfig = field(default_factory=RegionConfig)  # how a region is cropped
+    inference: InferenceConfig = field(default_factory=InferenceConfig)  # scoring and NMS at test time
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)  # R-CNN fine-tuning of the members
