@@ -1,0 +1,118 @@
+"""`detect data` (summary and problems of a detection data set) and `detect eval --map`."""
+from __future__ import annotations
+
+import math
+import re
+import sys
+from pathlib import Path
+
+import click
+
+from backbone.io import atomic_path, atomic_write_json
+from detect.data import load_dataset, write_coco
+from detect.data_report import find_problems, format_summary, summarize
+from detect.metrics import evaluate_map
+from detect.results import read_detections
+
+
+@click.command("data")
+@click.option("--data", required=True, type=click.Path(exists=True),
+              help="A VOC/ILSVRC root (Annotations/, JPEGImages/ or Data/), a COCO .json, or a folder with one.")
+@click.option("--split", default=None, help="VOC/ILSVRC: ImageSets/Main/SPLIT.txt; COCO folder: the *_SPLIT.json file.")
+@click.option("--classes", "class_list", type=click.Path(exists=True), default=None,
+              help="Class list file (ID [INDEX] [NAME] per line; ILSVRC synset ids map to names).")
+@click.option("--no-image-check", is_flag=True, help="Do not open image headers (faster on huge sets).")
+@click.option("--to-coco", type=click.Path(), default=None, help="Also write the data set as COCO instances JSON.")
+def data(data, split, class_list, no_image_check, to_coco) -> None:
+    """Print a summary of a detection data set and every problem found in it.
+
+    Exits with status 1 when problems were found, 0 when none.
+    """
+    errors: list[str] = []
+    dataset = load_dataset(data, split=split, class_list=class_list, errors=errors)
+    click.echo(format_summary(summarize(dataset)))
+    problems = [f"skipped: {e}" for e in errors] + find_problems(dataset, check_images=not no_image_check)
+    for fix in dataset.fixups:
+        click.echo(f"fix-up: {fix}")
+    click.echo(f"{len(problems)} problem(s) found" + (":" if problems else ""))
+    for p in problems:
+        click.echo(f"  {p}")
+    if to_coco:
+        write_coco(to_coco, dataset)
+        click.echo(f"wrote {to_coco}")
+    if problems:
+        sys.exit(1)
+
+
+def eval_map(data: str, split: str | None, detections: str | None, models: list[str],
+             protocol: str, json_path: str | None, plots: str | None, device: str = "auto",
+             batch_size: int = 64) -> dict:
+    """`detect eval --map`: evaluate a detections file (or a detector run) on a data set,
+    print the per-class AP table and the mean, optionally write JSON and PR-curve PNGs."""
+    dataset = load_dataset(data, split=split)
+    if detections is not None:
+        dets = read_detections(detections, dataset)
+    else:
+        from detect.detector import Detector, detect_dataset
+        det = Detector.load(models[0], device=device)
+        dets = detect_dataset(det, dataset, batch_size=batch_size)
+    report = evaluate_map(dataset, dets, protocol)
+    click.echo(format_report(report))
+    if json_path:
+        atomic_write_json(json_path, _json_ready(report))
+    if plots:
+        n = write_pr_plots(report, plots)
+        click.echo(f"wrote {n} precision-recall plots to {plots}")
+    return report
+
+
+def format_report(report: dict) -> str:
+    """Per-class table (class, ground truth boxes, detections, AP) and the mean."""
+    names = list(report["per_class"])
+    width = max([len(n) for n in names] + [5])
+    lines = [f"{'class':<{width}}  {'gt':>6}  {'dets':>7}  {'AP':>6}"]
+    for name in names:
+        ap = report["per_class"][name]
+        ap_text = "   n/a" if math.isnan(ap) else f"{ap:6.4f}"
+        lines.append(f"{name:<{width}}  {report['num_gt'][name]:>6}  {report['num_det'][name]:>7}  {ap_text}")
+    counted = sum(1 for ap in report["per_class"].values() if not math.isnan(ap))
+    lines.append(f"mAP ({report['protocol']}, mean over {counted} classes with ground truth): "
+                 f"{report['mAP']:.4f}")
+    for name, value in report.get("stats", {}).items():
+        lines.append(f"  {name:<5} {value:.4f}")
+    return "\n".join(lines)
+
+
+def _json_ready(report: dict) -> dict:
+    """The report without curves, NaN written as null (JSON has no NaN)."""
+    def clean(v):
+        return None if isinstance(v, float) and math.isnan(v) else v
+    out = {k: v for k, v in report.items() if k != "curves"}
+    out["mAP"] = clean(out["mAP"])
+    out["per_class"] = {k: clean(v) for k, v in report["per_class"].items()}
+    return out
+
+
+def write_pr_plots(report: dict, folder: str | Path) -> int:
+    """One PNG per class with ground truth: precision against recall. Returns the count."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    written = 0
+    for k, (name, curve) in enumerate(report["curves"].items(), 1):
+        ap = report["per_class"][name]
+        if math.isnan(ap):
+            continue
+        fig, ax = plt.subplots(figsize=(4, 4), dpi=80)
+        ax.plot(curve["recall"], curve["precision"], drawstyle="steps-post")
+        ax.set(xlim=(0, 1), ylim=(0, 1.02), xlabel="recall", ylabel="precision",
+               title=f"{name}: AP {ap:.3f} ({report['protocol']})")
+        safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
+        with atomic_path(folder / f"pr_{k:03d}_{safe}.png") as tmp:
+            fig.savefig(tmp, format="png")
+        plt.close(fig)
+        written += 1
+    return written
