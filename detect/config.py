@@ -46,6 +46,8 @@ class FinetuneConfig:
     workers: int = 2  # data loading worker processes
     lr_gamma: float = 0.1  # learning-rate factor at each step
     lr_step_epochs: int = 0  # epochs between learning-rate steps; 0 = constant
+    dropout: float | None = None  # dropout before the classifier while fine-tuning; None = the network's own
+    amp: bool = True  # bfloat16 autocast on CUDA (ignored on the CPU)
 
 
 @dataclass
