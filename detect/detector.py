@@ -1,0 +1,340 @@
+"""The R-CNN detector: proposals, warped regions, an ensemble of GoogLeNet region classifiers.
+
+Shapes: R regions, K foreground classes (column/label 0 is background), D detections, M members.
+
+`Detector.score_regions(image, boxes) -> Tensor[R, K+1]` is the one region-scoring call: each
+box is warped (detect.regions) and classified by every member; the members' softmax outputs
+are averaged (the paper's ensemble). `Detector.detect(image)` adds the proposals and R-CNN's
+per-class greedy NMS.
+
+A detector run folder (written by `save_detector_run`, read by `Detector.load`):
+
+    RUN/detector.yaml     the resolved DetectorConfig
+    RUN/detector.json     {"classes": [K names], "members": ["members/0", ...], "multibox": "multibox" | null}
+    RUN/members/<i>/      one region classifier each (backbone.models.save_classifier), K+1 outputs
+    RUN/multibox/         optional: the MultiBox run the proposals use
+"""
+from __future__ import annotations
+
+import dataclasses
+import shutil
+import time
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from torchvision.ops import batched_nms
+
+from backbone.config import config_from_dict, parse_overrides, read_yaml, save_config
+from backbone.errors import InputError
+from backbone.io import atomic_write_json, load_image, read_json
+from backbone.models import ModelMeta, load_classifier, save_classifier
+from detect.config import PRECISIONS, DetectorConfig, InferenceConfig
+from detect.regions import to_tensor, warp_regions
+
+RUN_JSON = "detector.json"
+RUN_YAML = "detector.yaml"
+BACKGROUND = "__background__"
+DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "default_model"
+
+Member = tuple[nn.Module, ModelMeta]
+Proposer = Callable[[np.ndarray], tuple[Tensor, Tensor]]
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """"auto" -> the first GPU if there is one, else the CPU."""
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise InputError(None, f"unknown device '{device}' (use cpu, cuda, cuda:1 or auto)") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise InputError(None, f"device '{device}' asked for, but no CUDA GPU is available")
+    return dev
+
+
+def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype for `precision` on `device`; None means plain float32.
+
+    "auto" is the fast setting where the hardware runs it natively: bfloat16 on CPUs with
+    AVX-512 BF16 / AMX and on GPUs that support it, float16 on older GPUs; float32 elsewhere.
+    Its agreement with float32 is checked by tests/detect/test_detector.py and measured by
+    tools/bench_region_scoring.py.
+    """
+    if precision not in PRECISIONS:
+        raise InputError(None, f"inference.precision must be one of {', '.join(PRECISIONS)}, got '{precision}'")
+    if precision != "auto":
+        return None if precision == "float32" else getattr(torch, precision)
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if device.type == "cpu" and torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        return torch.bfloat16
+    return None
+
+
+def select_detections(boxes: Tensor, scores: Tensor, nms_iou: float, score_threshold: float,
+                      max_detections: int) -> dict[str, Tensor]:
+    """Per-class greedy NMS over scored regions.
+
+    boxes (Tensor[R, 4]), scores (Tensor[R, K+1]) -> {"boxes": [D, 4], "scores": [D],
+    "labels": [D] int64 in 1..K}, best first. A region may be a detection of several classes;
+    scores below `score_threshold` are dropped; at most `max_detections` (0 = no limit).
+    """
+    fg = scores[:, 1:]
+    rows, cols = (fg >= score_threshold).nonzero(as_tuple=True)
+    cand_boxes, cand_scores, labels = boxes[rows].float(), fg[rows, cols], cols + 1
+    keep = batched_nms(cand_boxes, cand_scores, labels, nms_iou)  # sorted by decreasing score
+    if max_detections > 0:
+        keep = keep[:max_detections]
+    return {"boxes": cand_boxes[keep], "scores": cand_scores[keep], "labels": labels[keep]}
+
+
+def _as_boxes(boxes: Any) -> Tensor:
+    """Tensor[R, 4] float32 on the CPU from a tensor, an array or nested lists; InputError if not."""
+    t = torch.as_tensor(np.asarray(boxes, dtype=np.float32) if not torch.is_tensor(boxes) else boxes)
+    t = t.detach().float().cpu()
+    if t.numel() == 0:
+        return t.reshape(0, 4)
+    if t.ndim != 2 or t.shape[1] != 4:
+        raise InputError(None, f"boxes must be [R, 4] (x1, y1, x2, y2), got shape {tuple(t.shape)}")
+    if not torch.isfinite(t).all():
+        raise InputError(None, "boxes contain NaN or Inf")
+    if (t[:, 2:] < t[:, :2]).any():
+        raise InputError(None, "boxes must have x2 >= x1 and y2 >= y1 (xyxy pixels)")
+    return t
+
+
+class Detector:
+    """An ensemble of region classifiers (all with K+1 outputs) over region proposals.
+
+    Args:
+        members: (model, meta) pairs as `backbone.models.load_classifier` returns them, all on one
+            device; they are put in eval mode (and channels-last if the config says so).
+        classes: the K foreground class names; label k is classes[k-1].
+        config: DetectorConfig (proposals, region crops, inference settings).
+        proposer: `image -> (boxes [N, 4], sources [N])`; built from config.proposals if None.
+    """
+
+    def __init__(self, members: Sequence[Member], classes: Sequence[str], config: DetectorConfig,
+                 proposer: Proposer | None = None):
+        if not members:
+            raise ValueError("a detector needs at least one member")
+        self.classes = list(classes)
+        self.config = config
+        self.proposer = proposer
+        self.device = next(members[0][0].parameters()).device
+        self.dtype = resolve_precision(config.inference.precision, self.device)
+        self.members: list[Member] = []
+        for model, meta in members:
+            if meta.num_classes != len(self.classes) + 1:
+                raise ValueError(f"member has {meta.num_classes} outputs, the detector needs "
+                                 f"{len(self.classes) + 1} (K={len(self.classes)} classes + background)")
+            model.eval()
+            if config.inference.channels_last:
+                model.to(memory_format=torch.channels_last)
+            self.members.append((model, meta))
+        self.timings = {"proposals": 0.0, "crops": 0.0, "network": 0.0, "nms": 0.0}  # seconds, cumulative
+
+    # ---- loading -----------------------------------------------------------------------------
+
+    @classmethod
+    def load(cls, path: str | Path | None = None, device: str | torch.device = "auto",
+             overrides: Sequence[str] = (), **settings: Any) -> "Detector":
+        """Load a detector run (all members, its config, its MultiBox model if it has one).
+
+        path: a run folder of `detect train-detector`; None = the built-in model.
+        overrides: "key=value" strings with dotted keys ("inference.nms_iou=0.4").
+        settings: inference fields by name (score_threshold=0.1, batch_size=16), or any field
+            with "__" for the dots (regions__context_pad=8).
+        """
+        run = Path(path) if path is not None else _default_run()
+        info = _read_run_json(run)
+        config = _load_run_config(run, overrides, settings)
+        dev = resolve_device(device)
+        members = [load_classifier(run / m, dev) for m in info["members"]]
+        for (_, meta), m in zip(members, info["members"]):
+            if meta.num_classes != len(info["classes"]) + 1:
+                raise InputError(run / m, f"member has {meta.num_classes} outputs but the run has "
+                                          f"{len(info['classes'])} classes (+1 background expected)")
+        if info.get("multibox"):
+            config.proposals.multibox.model = str(run / info["multibox"])
+            config.proposals.multibox.device = str(dev)
+        return cls(members, info["classes"], config)
+
+    # ---- the region-scoring API --------------------------------------------------------------
+
+    def propose(self, image: Any) -> Tensor:
+        """Proposals of an image (path | uint8 H x W x 3 RGB | PIL): Tensor[N, 4] xyxy."""
+        if self.proposer is None:
+            from proposals import build_proposer  # lazy: scoring given boxes needs no proposer
+
+            self.proposer = build_proposer(self.config.proposals)
+        start = time.perf_counter()
+        boxes = self.proposer(load_image(image))[0]
+        self.timings["proposals"] += time.perf_counter() - start
+        return boxes.float().reshape(-1, 4)
+
+    @torch.inference_mode()
+    def score_regions(self, image: Any, boxes: Any) -> Tensor:
+        """The ensemble's mean softmax for each region of one image.
+
+        image: path | uint8 H x W x 3 RGB array | PIL image.
+        boxes (Tensor[R, 4]): xyxy pixels of the image (array or lists accepted).
+        Returns Tensor[R, K+1] float32 on the CPU; rows sum to 1; column 0 is background.
+        Regions go through the network `inference.batch_size` at a time (bounded memory).
+        """
+        pixels = load_image(image)
+        boxes = _as_boxes(boxes)
+        out = torch.zeros((len(boxes), len(self.classes) + 1))
+        normalised: dict[tuple, Tensor] = {}  # one normalised copy per distinct mean/std
+        step = max(1, self.config.inference.batch_size)
+        for start in range(0, len(boxes), step):
+            batch = boxes[start:start + step]
+            crops: dict[tuple, Tensor] = {}
+            total = torch.zeros((), device=self.device)
+            for model, meta in self.members:
+                key = (meta.mean, meta.std, self.config.regions.crop_size or meta.input_size)
+                if key not in crops:
+                    if key[:2] not in normalised:
+                        normalised[key[:2]] = to_tensor(pixels, meta.mean, meta.std, self.device)
+                    crops[key] = self._crops(normalised[key[:2]], batch, key[2])
+                total = total + self._probabilities(model, crops[key])
+            out[start:start + len(batch)] = (total / len(self.members)).cpu()
+        return out
+
+    def detect(self, image: Any, boxes: Any = None) -> dict[str, Tensor]:
+        """Detections in one image: {"boxes": [D, 4], "scores": [D], "labels": [D] in 1..K}.
+
+        boxes: regions to score (Tensor[R, 4]); None = this detector's proposals.
+        """
+        pixels = load_image(image)
+        boxes = self.propose(pixels) if boxes is None else _as_boxes(boxes)
+        scores = self.score_regions(pixels, boxes)
+        start = time.perf_counter()
+        inf = self.config.inference
+        dets = select_detections(boxes, scores, inf.nms_iou, inf.score_threshold, inf.max_detections)
+        self.timings["nms"] += time.perf_counter() - start
+        return dets
+
+    # ---- internals ---------------------------------------------------------------------------
+
+    def _crops(self, image: Tensor, boxes: Tensor, crop_size: int) -> Tensor:
+        """Warped crops [B, 3, S, S] of normalised image [3, H, W], in the network's layout."""
+        start = time.perf_counter()
+        crops = warp_regions(image, boxes, crop_size, self.config.regions.context_pad)
+        if self.config.inference.channels_last:
+            crops = crops.contiguous(memory_format=torch.channels_last)
+        self._sync()
+        self.timings["crops"] += time.perf_counter() - start
+        return crops
+
+    def _probabilities(self, model: nn.Module, crops: Tensor) -> Tensor:
+        """Softmax [B, K+1] (float32) of one member, under the configured precision."""
+        start = time.perf_counter()
+        with torch.autocast(self.device.type, dtype=self.dtype or torch.bfloat16,
+                            enabled=self.dtype is not None):
+            logits = model(crops)
+        probs = logits.float().softmax(dim=1)
+        self._sync()
+        self.timings["network"] += time.perf_counter() - start
+        return probs
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":  # so the stage timings are honest on a GPU
+            torch.cuda.synchronize(self.device)
+
+
+def detect_dataset(detector: Detector, dataset: Any, batch_size: int | None = None,
+                   proposals_cache: Any = None, progress: bool = True) -> dict[int, dict[str, Tensor]]:
+    """Run `detector` over every image of a DetectionDataset: {image_id: detections}.
+
+    proposals_cache: a proposals.ProposalCache; images it lacks get proposals computed here.
+    batch_size: regions per forward pass for this call (default: the detector's config).
+    Raises InputError on an unreadable image (an evaluation must not skip images silently).
+    """
+    from tqdm import tqdm
+
+    inf = detector.config.inference
+    saved, inf.batch_size = inf.batch_size, batch_size or inf.batch_size
+    results = {}
+    try:
+        for rec in tqdm(dataset.images, desc="detect", unit="image", disable=not progress):
+            cached = proposals_cache.get(rec.key) if proposals_cache is not None else None
+            results[rec.image_id] = detector.detect(rec.path, None if cached is None else cached[0])
+    finally:
+        inf.batch_size = saved
+    return results
+
+
+def save_detector_run(out_dir: str | Path, members: Sequence[Member], config: DetectorConfig,
+                      classes: Sequence[str], multibox_dir: str | Path | None = None) -> None:
+    """Write a detector run folder that `Detector.load` reads (layout in the module docstring).
+
+    Each member must have K+1 outputs; its meta is saved with classes ["__background__", *classes]
+    and extra["task"] = "region_classifier". detector.json is written last: a folder holding
+    it is complete.
+    """
+    out = Path(out_dir)
+    classes = list(classes)
+    names = []
+    for i, (model, meta) in enumerate(members):
+        if meta.num_classes != len(classes) + 1:
+            raise ValueError(f"member {i} has {meta.num_classes} outputs, expected {len(classes) + 1}")
+        meta = dataclasses.replace(meta, classes=[BACKGROUND, *classes],
+                                   extra={**meta.extra, "task": "region_classifier"})
+        names.append(f"members/{i}")
+        save_classifier(out / names[-1], model, meta)
+    multibox = None
+    if multibox_dir is not None:
+        multibox = "multibox"
+        if Path(multibox_dir).resolve() != (out / multibox).resolve():
+            shutil.copytree(multibox_dir, out / multibox, dirs_exist_ok=True)
+    save_config(config, out / RUN_YAML)
+    atomic_write_json(out / RUN_JSON, {"classes": classes, "members": names, "multibox": multibox})
+
+
+def _default_run() -> Path:
+    if (DEFAULT_MODEL_DIR / RUN_JSON).is_file():
+        return DEFAULT_MODEL_DIR
+    raise InputError(DEFAULT_MODEL_DIR, "no built-in detector model is installed; pass a detector "
+                                        "run folder (--model RUN, made by `detect train-detector`)")
+
+
+def _read_run_json(run: Path) -> dict:
+    path = run / RUN_JSON
+    if not path.is_file():
+        raise InputError(run, f"not a detector run ({RUN_JSON} missing; make one with `detect train-detector`)")
+    info = read_json(path)
+    ok = isinstance(info, dict) and isinstance(info.get("classes"), list) \
+        and all(isinstance(c, str) for c in info["classes"]) and isinstance(info.get("members"), list) \
+        and info["members"] and all(isinstance(m, str) for m in info["members"]) \
+        and (info.get("multibox") is None or isinstance(info["multibox"], str))
+    if not ok:
+        raise InputError(path, 'expected {"classes": [names], "members": ["members/0", ...], "multibox": str|null}')
+    return info
+
+
+def _load_run_config(run: Path, overrides: Sequence[str], settings: dict) -> DetectorConfig:
+    """detector.yaml <- "key=value" overrides <- keyword settings, strictly checked."""
+    data = read_yaml(run / RUN_YAML)
+    inference_fields = {f.name for f in dataclasses.fields(InferenceConfig)}
+    extra = parse_overrides(overrides)
+    for key, value in settings.items():
+        dotted = f"inference.{key}" if key in inference_fields else key.replace("__", ".")
+        *sections, leaf = dotted.split(".")
+        node = extra
+        for s in sections:
+            node = node.setdefault(s, {})
+        node[leaf] = value
+    where = str(run / RUN_YAML) + (" + overrides" if extra else "")
+    return config_from_dict(DetectorConfig, _deep_merge(data, extra), where)
+
+
+def _deep_merge(base: dict, extra: dict) -> dict:
+    out = dict(base)
+    for k, v in extra.items():
+        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
