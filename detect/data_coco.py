@@ -22,9 +22,10 @@ def find_coco_json(folder: Path, split: str | None) -> Path:
     if split is not None:
         found = [p for p in found if p.stem == split or p.stem.endswith(f"_{split}")]
     if len(found) != 1:
-        what = "no" if not found else f"{len(found)} ({', '.join(p.name for p in found)})"
-        raise InputError(folder, f"{what} COCO .json files found; expected a VOC folder with "
-                                 "Annotations/ or exactly one COCO instances .json (pass the file itself)")
+        what = f"{len(found)} COCO .json files ({', '.join(p.name for p in found)})" if found \
+            else "no Annotations/ folder and no COCO .json file"
+        raise InputError(folder, f"found {what}; expected a VOC/ILSVRC folder with Annotations/ or "
+                                 "exactly one COCO instances .json (or pass the file itself)")
     return found[0]
 
 
