@@ -1,0 +1,90 @@
+"""Fashion-MNIST (IDX files) -> an ImageNet-style folder of RGB PNG images.
+
+    python tools/prepare_fashion_mnist.py --out data/fashion-mnist \
+        [--src /usr/share/datasets/fashion-mnist] [--limit N]
+
+Reads `train-images-idx3-ubyte(.gz)`, `train-labels-idx1-ubyte(.gz)`, `t10k-...` from --src
+(the Debian package `dataset-fashion-mnist` installs them in the default place) and writes
+`OUT/train/<class>/<index>.png` (60,000 images) and `OUT/val/<class>/<index>.png` (the 10,000
+test images), 28 x 28 RGB (the grey value in all three channels), plus `OUT/classes.txt`.
+Class folders are named so that their sorted order is the official label order 0..9.
+"""
+from __future__ import annotations
+
+import argparse
+import gzip
+import struct
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+# Official label order; the "N_" folder prefix keeps sorted folder order == label order.
+CLASSES = ["T-shirt_top", "Trouser", "Pullover", "Dress", "Coat",
+           "Sandal", "Shirt", "Sneaker", "Bag", "Ankle_boot"]
+DEFAULT_SRC = Path("/usr/share/datasets/fashion-mnist")
+SPLITS = {"train": "train", "val": "t10k"}
+
+
+def folder_name(label: int) -> str:
+    return f"{label}_{CLASSES[label]}"
+
+
+def read_idx(path: Path) -> np.ndarray:
+    """An IDX file (optionally gzipped) as a numpy array (uint8 data only, as Fashion-MNIST)."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as f:
+        data = f.read()
+    zero, dtype, ndim = struct.unpack(">HBB", data[:4])
+    if zero != 0 or dtype != 0x08:
+        raise ValueError(f"{path}: not an unsigned-byte IDX file")
+    shape = struct.unpack(f">{ndim}I", data[4:4 + 4 * ndim])
+    array = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
+    if array.size != int(np.prod(shape)):
+        raise ValueError(f"{path}: expected {int(np.prod(shape))} values, found {array.size}")
+    return array.reshape(shape)
+
+
+def find_idx(src: Path, stem: str) -> Path:
+    for name in (f"{stem}.gz", stem):
+        if (src / name).is_file():
+            return src / name
+    raise FileNotFoundError(f"{src}: neither {stem}.gz nor {stem} found")
+
+
+def write_split(images: np.ndarray, labels: np.ndarray, out: Path, limit: int | None) -> int:
+    """Write `images` [N, 28, 28] as RGB PNGs into class folders; returns the number written."""
+    for label in range(len(CLASSES)):
+        (out / folder_name(label)).mkdir(parents=True, exist_ok=True)
+    n = len(images) if limit is None else min(limit, len(images))
+    for i in range(n):
+        rgb = np.repeat(images[i][:, :, None], 3, axis=2)
+        Image.fromarray(rgb).save(out / folder_name(int(labels[i])) / f"{i:05d}.png")
+    return n
+
+
+def prepare(src: Path, out: Path, limit: int | None = None) -> dict[str, int]:
+    """Convert both splits; returns the image count per split."""
+    counts = {}
+    for split, prefix in SPLITS.items():
+        images = read_idx(find_idx(src, f"{prefix}-images-idx3-ubyte"))
+        labels = read_idx(find_idx(src, f"{prefix}-labels-idx1-ubyte"))
+        if len(images) != len(labels):
+            raise ValueError(f"{src}: {len(images)} {prefix} images but {len(labels)} labels")
+        counts[split] = write_split(images, labels, out / split, limit)
+    (out / "classes.txt").write_text("".join(folder_name(k) + "\n" for k in range(len(CLASSES))))
+    return counts
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--src", type=Path, default=DEFAULT_SRC, help="folder with the IDX files")
+    parser.add_argument("--out", type=Path, required=True, help="output folder (train/, val/)")
+    parser.add_argument("--limit", type=int, default=None, help="at most this many images per split")
+    args = parser.parse_args()
+    counts = prepare(args.src, args.out, args.limit)
+    print(f"wrote {counts['train']} training and {counts['val']} validation images to {args.out}")
+
+
+if __name__ == "__main__":
+    main()
