@@ -40,8 +40,7 @@ class _Boxes:
     group: np.ndarray      # [n] int64
     label: np.ndarray      # [n] int64 1..K
     boxes: np.ndarray      # [n, 4] float64
-    difficult: np.ndarray  # [n] bool (ground truth) ; all False for detections
-    score: np.ndarray      # [n] float64 (detections) ; zeros for ground truth
+    flag: np.ndarray       # [n] ground truth: difficult (bool); detections: score (float64)
 
 
 def evaluate_map(dataset: DetectionDataset, detections: Detections, protocol: str) -> dict:
@@ -58,50 +57,66 @@ def evaluate_map(dataset: DetectionDataset, detections: Detections, protocol: st
     if protocol not in PROTOCOLS:
         raise ValueError(f"unknown protocol '{protocol}', expected one of {PROTOCOLS}")
     gt, det = _flatten(dataset, detections)
-    order = np.argsort(-det.score, kind="stable")
-    det = _take(det, order)
+    order = np.argsort(-det.flag, kind="stable")
+    group, label = det.group[order], det.label[order]
+    # Only detections whose group has ground truth need matching; the rest are false positives.
+    idx = np.flatnonzero(_has_ground_truth(group, gt.group))
+    tp, counted = np.zeros(len(group), bool), np.ones(len(group), bool)
     if protocol == "ilsvrc":
-        tp, counted = _match_ilsvrc(det, gt), np.ones(len(det.label), bool)
+        tp[idx] = _match_ilsvrc(group[idx], det.boxes[order[idx]], gt)
         npos = np.bincount(gt.label, minlength=len(dataset.classes) + 1)
     else:
-        tp, counted = _match_voc(det, gt)
-        npos = np.bincount(gt.label[~gt.difficult], minlength=len(dataset.classes) + 1)
-    return _summarise(dataset, protocol, det.label[counted], tp[counted], npos)
+        tp[idx], counted[idx] = _match_voc(group[idx], det.boxes[order[idx]], gt)
+        npos = np.bincount(gt.label[~gt.flag], minlength=len(dataset.classes) + 1)
+    return _summarise(dataset, protocol, label[counted], tp[counted], npos)
+
+
+def _has_ground_truth(group: np.ndarray, gt_group: np.ndarray) -> np.ndarray:
+    """[D] bool: does the group of each detection hold ground truth? A lookup table over group
+    ids (images x (K+1) bytes) when that is small, else a sorted search."""
+    size = int(max(group.max(initial=0), gt_group.max(initial=0))) + 1
+    if size <= 200_000_000:
+        table = np.zeros(size, bool)
+        table[gt_group] = True
+        return table[group]
+    known = np.unique(gt_group)
+    found = np.searchsorted(known, group).clip(max=max(len(known) - 1, 0))
+    return known[found] == group if len(known) else np.zeros(len(group), bool)
 
 
 def _flatten(dataset: DetectionDataset, detections: Detections) -> tuple[_Boxes, _Boxes]:
     """Concatenate ground truth and detections of all images, in data set order."""
-    k1 = len(dataset.classes) + 1
-    gts, dets = [], []
-    for pos, rec in enumerate(dataset.images):
-        gts.append((pos, rec.labels, rec.boxes, rec.difficult, torch.zeros(len(rec.labels))))
-        d = detections.get(rec.image_id)
-        if d is not None:
-            dets.append((pos, d["labels"], d["boxes"], torch.zeros(len(d["labels"]), dtype=torch.bool), d["scores"]))
     unknown = set(detections) - {rec.image_id for rec in dataset.images}
     if unknown:
         raise ValueError(f"detections for image ids not in the data set: {sorted(unknown)[:5]}")
-    out = []
-    for rows in (gts, dets):
-        label = _cat([r[1].reshape(-1) for r in rows], np.int64, (0,))
-        if len(label) and (label.min() < 1 or label.max() >= k1):
-            raise ValueError(f"labels must be in 1..{k1 - 1}")
-        image = np.repeat([r[0] for r in rows], [len(r[1]) for r in rows]).astype(np.int64)
-        out.append(_Boxes(group=image * k1 + label, label=label,
-                          boxes=_cat([r[2].reshape(-1, 4) for r in rows], np.float64, (0, 4)),
-                          difficult=_cat([r[3].reshape(-1) for r in rows], bool, (0,)),
-                          score=_cat([r[4].reshape(-1) for r in rows], np.float64, (0,))))
-    return out[0], out[1]
+    recs = dataset.images
+    gt = _stack(dataset, list(range(len(recs))), [r.labels for r in recs], [r.boxes for r in recs],
+                _cat([r.difficult for r in recs], bool))
+    have = [(pos, detections[r.image_id]) for pos, r in enumerate(recs) if r.image_id in detections]
+    det = _stack(dataset, [pos for pos, _ in have], [d["labels"] for _, d in have],
+                 [d["boxes"] for _, d in have], _cat([d["scores"] for _, d in have], np.float64))
+    return gt, det
 
 
-def _cat(tensors: list, dtype: type, empty_shape: tuple) -> np.ndarray:
+def _stack(dataset: DetectionDataset, positions: list[int], labels: list, boxes: list,
+           flag: np.ndarray) -> _Boxes:
+    k1 = len(dataset.classes) + 1
+    label = _cat(labels, np.int64)
+    if len(label) and (label.min() < 1 or label.max() >= k1):
+        raise ValueError(f"labels must be in 1..{k1 - 1}")
+    counts = np.fromiter((t.shape[0] for t in labels), np.int64, len(labels))
+    image = np.repeat(np.asarray(positions, np.int64), counts)
+    box = _cat(boxes, np.float64).reshape(-1, 4)
+    if not len(image) == len(label) == len(box) == len(flag):
+        raise ValueError("boxes, labels and scores (or difficult flags) differ in length")
+    return _Boxes(group=image * k1 + label, label=label, boxes=box, flag=flag)
+
+
+def _cat(tensors: list, dtype: type) -> np.ndarray:
+    """One flat array of a list of tensors (empty when the list is)."""
     if not tensors:
-        return np.zeros(empty_shape, dtype)
-    return torch.cat([t.detach().cpu() for t in tensors]).numpy().astype(dtype)
-
-
-def _take(b: _Boxes, idx: np.ndarray) -> _Boxes:
-    return _Boxes(b.group[idx], b.label[idx], b.boxes[idx], b.difficult[idx], b.score[idx])
+        return np.zeros(0, dtype)
+    return torch.cat(tensors).detach().cpu().numpy().astype(dtype).reshape(-1)
 
 
 def _pairs(det_group: np.ndarray, gt: _Boxes) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -145,29 +160,28 @@ def _segment_argmax(values: np.ndarray, count: np.ndarray) -> tuple[np.ndarray, 
     return best, hits[first]
 
 
-def _match_voc(det: _Boxes, gt: _Boxes) -> tuple[np.ndarray, np.ndarray]:
-    """VOC matching of score-sorted detections: (true positive [D], counted [D]); a detection
-    whose best box is difficult is not counted at all."""
-    n = len(det.label)
-    tp, counted = np.zeros(n, bool), np.ones(n, bool)
-    has_gt = np.flatnonzero(np.isin(det.group, gt.group))
-    pair_det, pair_gt, count = _pairs(det.group[has_gt], gt)
+def _match_voc(group: np.ndarray, boxes: np.ndarray, gt: _Boxes) -> tuple[np.ndarray, np.ndarray]:
+    """VOC matching of score-sorted detections (group [H], boxes [H, 4]) that all have ground
+    truth in their group: (true positive [H], counted [H]); a detection whose best box is
+    difficult is not counted at all."""
+    tp, counted = np.zeros(len(group), bool), np.ones(len(group), bool)
+    pair_det, pair_gt, count = _pairs(group, gt)
     if len(pair_det) == 0:
         return tp, counted
-    iou = _pair_iou(det.boxes[has_gt][pair_det], gt.boxes[pair_gt], plus_one=False)
-    best, pos = _segment_argmax(iou, count)
+    best, pos = _segment_argmax(_pair_iou(boxes[pair_det], gt.boxes[pair_gt], plus_one=False), count)
     best_gt = pair_gt[pos]
     hit = best >= 0.5
-    counted[has_gt[hit & gt.difficult[best_gt]]] = False
-    claim = np.flatnonzero(hit & ~gt.difficult[best_gt])
+    counted[hit & gt.flag[best_gt]] = False
+    claim = np.flatnonzero(hit & ~gt.flag[best_gt])
     # The first (highest-scoring) detection to claim a box takes it; later ones are duplicates.
     _, first = np.unique(best_gt[claim], return_index=True)
-    tp[has_gt[claim[first]]] = True
+    tp[claim[first]] = True
     return tp, counted
 
 
-def _match_ilsvrc(det: _Boxes, gt: _Boxes) -> np.ndarray:
-    """ILSVRC greedy matching of score-sorted detections: true positive [D].
+def _match_ilsvrc(group: np.ndarray, boxes: np.ndarray, gt: _Boxes) -> np.ndarray:
+    """ILSVRC greedy matching of score-sorted detections (group [H], boxes [H, 4]) that all
+    have ground truth in their group: true positive [H].
 
     A detection's choice depends on which boxes earlier detections of its group took, so the
     groups advance in lock step: round r matches the r-th best detection of every group at
@@ -176,34 +190,33 @@ def _match_ilsvrc(det: _Boxes, gt: _Boxes) -> np.ndarray:
     gw = gt.boxes[:, 2] - gt.boxes[:, 0] + 1.0
     gh = gt.boxes[:, 3] - gt.boxes[:, 1] + 1.0
     thr = np.minimum(0.5, gw * gh / ((gw + 10.0) * (gh + 10.0)))
-    tp = np.zeros(len(det.label), bool)
-    has_gt = np.flatnonzero(np.isin(det.group, gt.group))
-    pair_det, pair_gt, count = _pairs(det.group[has_gt], gt)
-    iou = _pair_iou(det.boxes[has_gt][pair_det], gt.boxes[pair_gt], plus_one=True)
+    tp = np.zeros(len(group), bool)
+    pair_det, pair_gt, count = _pairs(group, gt)
+    if len(pair_det) == 0:
+        return tp
+    iou = _pair_iou(boxes[pair_det], gt.boxes[pair_gt], plus_one=True)
     ok = iou >= thr[pair_gt]
+    starts = np.cumsum(count) - count
     # Detections that reach no box's threshold are false positives whatever happens before them.
-    live = np.flatnonzero(np.add.reduceat(ok, np.cumsum(count) - count) > 0) if len(ok) else []
+    live = np.flatnonzero(np.logical_or.reduceat(ok, starts))
     if len(live) == 0:
         return tp
-    starts = np.cumsum(count) - count
-    group = det.group[has_gt][live]
-    rank = _rank_in_group(group)
-    by_round = np.lexsort((group, rank))
-    live, rank = live[by_round], rank[by_round]
-    # Pair runs of the live detections, in round order: run j = pairs of detection live[j].
-    run_pairs = np.repeat(starts[live], count[live]) + (
-        np.arange(count[live].sum()) - np.repeat(np.cumsum(count[live]) - count[live], count[live]))
-    run_start = np.cumsum(count[live]) - count[live]
+    rank = _rank_in_group(group[live])
+    by_round = np.lexsort((group[live], rank))
+    live, rank, n = live[by_round], rank[by_round], count[live[by_round]]
+    # Pair runs of the live detections in round order: run j holds the pairs of live[j].
+    run_start = np.cumsum(n) - n
+    run_pairs = np.repeat(starts[live], n) + np.arange(n.sum()) - np.repeat(run_start, n)
     matched = np.zeros(len(gt.label), bool)
     bounds = np.searchsorted(rank, np.arange(rank[-1] + 2))
     for r in range(rank[-1] + 1):
         lo, hi = bounds[r], bounds[r + 1]
-        p = run_pairs[run_start[lo]:run_start[hi - 1] + count[live[hi - 1]]]
+        p = run_pairs[run_start[lo]:run_start[hi - 1] + n[hi - 1]]
         cand = np.where(ok[p] & ~matched[pair_gt[p]], iou[p], -np.inf)
-        best, pos = _segment_argmax(cand, count[live[lo:hi]])
+        best, pos = _segment_argmax(cand, n[lo:hi])
         hit = best > -np.inf
         matched[pair_gt[p[pos[hit]]]] = True
-        tp[has_gt[live[lo:hi][hit]]] = True
+        tp[live[lo:hi][hit]] = True
     return tp
 
 
@@ -239,7 +252,8 @@ def average_precision(tp: np.ndarray, npos: int, protocol: str) -> tuple[float, 
 def _summarise(dataset: DetectionDataset, protocol: str, label: np.ndarray, tp: np.ndarray,
                npos: np.ndarray) -> dict:
     """Per-class AP from score-sorted labels [D] and true-positive flags [D]."""
-    by_class = np.argsort(label, kind="stable")
+    # Stable sort keeps score order within a class; int16 keys let numpy use a radix sort.
+    by_class = np.argsort(label.astype(np.int16) if len(dataset.classes) < 2 ** 15 else label, kind="stable")
     bounds = np.searchsorted(label[by_class], np.arange(len(dataset.classes) + 2))
     per_class, num_gt, num_det, curves = {}, {}, {}, {}
     for k, name in enumerate(dataset.classes, 1):
