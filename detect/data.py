@@ -1,5 +1,8 @@
 """Detection data sets: Pascal VOC / ILSVRC DET XML and COCO instances JSON in one form.
 
+COCO reading and the COCO dict live in `detect/data_coco.py`; `load_dataset` and `write_coco`
+here are the entry points for every format.
+
 Shapes: N boxes of one image, K foreground classes. Boxes are `Tensor[N, 4]` float32
 (x1, y1, x2, y2) in absolute pixels; labels are 1..K (0, background, is never stored).
 

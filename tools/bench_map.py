@@ -87,8 +87,8 @@ def loop_ilsvrc(gt: dict, dets: dict, classes: list[int]) -> dict[int, float]:
                 ih = min(b[3], g[3]) - max(b[1], g[1]) + 1
                 if iw <= 0 or ih <= 0:
                     continue
-                iou = iw * ih / ((b[2] - b[0] + 1) * (b[3] - b[1] + 1) + (g[2] - g[0] + 1) * (g[3] - g[1] + 1) - iw * ih)
                 w, h = g[2] - g[0] + 1, g[3] - g[1] + 1
+                iou = iw * ih / ((b[2] - b[0] + 1) * (b[3] - b[1] + 1) + w * h - iw * ih)
                 if iou >= min(0.5, w * h / ((w + 10) * (h + 10))) and iou > best:
                     best, jbest = iou, j
             if jbest >= 0:

@@ -10,10 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from detect.data import DetectionDataset, ImageRecord, load_dataset
+from detect.data import DetectionDataset, ImageRecord, load_dataset, write_coco
 from detect.metrics import COCO_STAT_NAMES, average_precision, evaluate_map
-from detect.results import write_detections
-from detect.data import write_coco
+from detect.results import read_detections, write_detections
 
 
 def make_dataset(images: list[list[tuple]], classes=("a", "b", "c")) -> DetectionDataset:
@@ -286,7 +285,6 @@ def test_coco_equals_pycocotools_on_original_files(tmp_path):
     det_file.write_text(json.dumps(results))
     want = _pycocotools_stats(gt_file, det_file)
 
-    from detect.results import read_detections
     ds = load_dataset(gt_file)
     r = evaluate_map(ds, read_detections(det_file, ds), "coco")
     got = np.array([r["stats"][n] for n in COCO_STAT_NAMES])
