@@ -1,0 +1,261 @@
+"""Rebuild the demo detector from nothing, with the project's own commands, and ship it.
+
+    python tools/build_demo.py                 # the full recipe: about 30 minutes on 2 CPU cores
+    python tools/build_demo.py --quick         # a few-minute dry run of every step (tiny data)
+
+Run from the repository root (or anywhere: the script finds the root itself). Every step is a
+`detect` command or a tools/ script, printed before it runs, so the recipe can be followed by
+hand (docs/demo.md lists it):
+
+ 1. prepare     tools/prepare_fashion_mnist.py      Fashion-MNIST -> class folders of PNGs
+ 2. classifier  detect train-classifier             the narrow GoogLeNet (configs/demo_classifier.yaml)
+ 3. scenes      tools/make_scenes.py                train / val / test scenes (Pascal VOC)
+ 4. multibox    detect train-multibox               MultiBox on the train scenes (configs/demo_multibox.yaml)
+ 5. proposals   detect proposals                    selective search + MultiBox, cached, every split
+ 6. detector    detect train-detector               R-CNN fine-tuning of 3 members (configs/demo_detector.yaml)
+ 7. evaluate    detect eval --map --detections      VOC 2012 mAP@0.5 of the ensemble and of each member
+ 8. recall      detect eval --recall                boxes/image and recall of each proposal source
+ 9. install     copy into detect/default_model/     the built-in model (<= 15 MB)
+10. smoke       detect run --image examples/...     seconds per image, a picture with boxes
+
+A step that finished is marked in WORK/.done/ and skipped when the script is run again, so
+an interrupted build continues where it stopped (the training commands resume from their
+checkpoints); --fresh starts over. Step 7 scores every test region once per member from the
+cached proposals and writes the ensemble's detections (the mean of the members' softmax, as
+`Detector.score_regions` computes it) and each member's as COCO results JSON, then evaluates
+each file with `detect eval --map --detections`: one network pass per member instead of two.
+Timings and numbers go to WORK/build_report.json.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+DETECT = [sys.executable, "-c", "from detect.cli import main; main()"]
+MAX_MODEL_BYTES = 15 * 1024 * 1024
+EXAMPLE_IMAGES = ["test_01000.jpg", "test_01001.jpg", "test_01002.jpg", "test_01003.jpg", "test_01004.jpg"]
+
+# Scene counts and step settings; --quick shrinks everything to dry-run size.
+FULL = {"train": 500, "val": 50, "test": 300, "fmnist_limit": None, "members": 3,
+        "classifier": [], "multibox": [], "detector": []}
+QUICK = {"train": 24, "val": 6, "test": 12, "fmnist_limit": 300, "members": 3,
+         "classifier": ["train.epochs=1"], "multibox": ["train.epochs=1", "model.num_priors=64"],
+         "detector": ["finetune.epochs=1"]}
+
+
+class Build:
+    """Runs the steps in order, times them and keeps the report up to date."""
+
+    def __init__(self, work: Path, settings: dict, device: str, install: bool):
+        self.work, self.s, self.device, self.install_model = work, settings, device, install
+        self.report_path = work / "build_report.json"
+        self.report = json.loads(self.report_path.read_text()) if self.report_path.is_file() else {}
+        self.report.setdefault("steps", {})
+        self.env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+            [str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])}
+
+    def path(self, name: str) -> str:
+        return str(self.work / name)
+
+    def run(self, args: list[str]) -> None:
+        shown = ["detect", *args[3:]] if args[:3] == DETECT else [Path(a).name if a == sys.executable
+                                                                    else a for a in args]
+        print("$ " + " ".join(shown), flush=True)
+        subprocess.run(args, cwd=ROOT, env=self.env, check=True)
+
+    def step(self, name: str, action) -> None:
+        marker = self.work / ".done" / name
+        if marker.is_file():
+            print(f"== {name}: done before, skipped", flush=True)
+            return
+        print(f"== {name}", flush=True)
+        start = time.perf_counter()
+        action()
+        seconds = round(time.perf_counter() - start, 1)
+        self.report["steps"][name] = seconds
+        self.save_report()
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        marker.write_text(f"{seconds}\n")
+        print(f"== {name}: {seconds:.0f} s", flush=True)
+
+    def save_report(self) -> None:
+        self.report["total_seconds"] = round(sum(self.report["steps"].values()), 1)
+        self.report_path.parent.mkdir(parents=True, exist_ok=True)
+        self.report_path.write_text(json.dumps(self.report, indent=2) + "\n")
+
+    # ---- the steps ---------------------------------------------------------------------------
+
+    def prepare(self) -> None:
+        limit = ["--limit", str(self.s["fmnist_limit"])] if self.s["fmnist_limit"] else []
+        self.run([sys.executable, "tools/prepare_fashion_mnist.py", "--out", self.path("fashion_mnist"), *limit])
+
+    def classifier(self) -> None:
+        out = self.path("classifier")
+        resume = ["--resume"] if (Path(out) / "checkpoint.pt").is_file() else []
+        self.run([*DETECT, "train-classifier", "--data", self.path("fashion_mnist"), "--config",
+                  "configs/demo_classifier.yaml", "--out", out, "--device", self.device, *resume,
+                  *self.s["classifier"]])
+
+    def scenes(self) -> None:
+        self.run([sys.executable, "tools/make_scenes.py", "--out", self.path("scenes"),
+                  "--train", str(self.s["train"]), "--val", str(self.s["val"]),
+                  "--test", str(self.s["test"]), "--seed", "0"])
+
+    def multibox(self) -> None:
+        out = self.path("multibox")
+        resume = ["--resume"] if (Path(out) / "checkpoint.pt").is_file() else []
+        self.run([*DETECT, "train-multibox", "--data", self.path("scenes"), "--split", "train",
+                  "--config", "configs/demo_multibox.yaml", "--out", out, "--init",
+                  self.path("classifier"), "--device", self.device, *resume, *self.s["multibox"]])
+
+    def proposals(self) -> None:
+        for split in ("train", "val", "test"):
+            self.run([*DETECT, "proposals", "--data", self.path("scenes"), "--split", split,
+                      "--config", "configs/demo_proposals.yaml", "--out", self.path("proposals"),
+                      f"multibox.model={self.path('multibox')}"])
+
+    def detector(self) -> None:
+        out = self.path("detector")
+        resume = ["--resume"] if any(Path(out).glob("**/checkpoint.pt")) else []
+        self.run([*DETECT, "train-detector", "--data", self.path("scenes"), "--split", "train",
+                  "--val-split", "val", "--proposals", self.path("proposals"), "--init",
+                  self.path("classifier"), "--config", "configs/demo_detector.yaml", "--out", out,
+                  "--members", str(self.s["members"]), "--device", self.device, *resume,
+                  f"proposals.multibox.model={self.path('multibox')}", *self.s["detector"]])
+
+    def evaluate(self) -> None:
+        files = write_member_detections(self.work / "detector", self.work / "scenes", "test",
+                                        self.work / "proposals", self.work / "eval", self.device)
+        results = {}
+        for name, path in files.items():
+            out = self.work / "eval" / f"{name}.map.json"
+            self.run([*DETECT, "eval", "--map", "--data", self.path("scenes"), "--split", "test",
+                      "--detections", str(path), "--protocol", "voc12", "--json", str(out)])
+            results[name] = json.loads(out.read_text())["mAP"]
+        self.report["map_voc12_test"] = results
+
+    def recall(self) -> None:
+        out = self.work / "eval" / "recall.json"
+        self.run([*DETECT, "eval", "--recall", "--data", self.path("scenes"), "--split", "test",
+                  "--proposals", self.path("proposals"), "--json", str(out)])
+        self.report["recall_test"] = json.loads(out.read_text())
+
+    def install(self) -> None:
+        if not self.install_model:
+            print("(--no-install: detect/default_model/ left as it is)")
+            return
+        size = install_default_model(self.work / "detector", ROOT / "detect" / "default_model")
+        self.report["default_model_bytes"] = size
+        print(f"installed detect/default_model/ ({size / 1e6:.1f} MB)")
+
+    def smoke(self) -> None:
+        model = ["--model", self.path("detector")] if not self.install_model else []
+        images = [a for name in EXAMPLE_IMAGES for a in ("--image", f"examples/JPEGImages/{name}")]
+        start = time.perf_counter()
+        self.run([*DETECT, "run", *images, *model, "--out", self.path("run_examples"), "--device", self.device])
+        self.report["run_seconds_per_image_incl_startup"] = round(
+            (time.perf_counter() - start) / len(EXAMPLE_IMAGES), 2)
+
+
+def write_member_detections(run: Path, scenes: Path, split: str, cache_dir: Path, out_dir: Path,
+                            device: str) -> dict[str, Path]:
+    """Detections of the ensemble and of each member on `split`, from the cached proposals.
+
+    Each member scores every region once; the ensemble's scores are the mean of the members'
+    softmax outputs (exactly `Detector.score_regions`), and every score set goes through the
+    same per-class NMS (`select_detections` with the run's inference settings). Returns
+    {"ensemble": path, "member_0": path, ...} of COCO results JSON files.
+    """
+    import torch
+    from tqdm import tqdm
+
+    from backbone.errors import InputError
+    from detect.data import load_dataset
+    from detect.detector import Detector, select_detections
+    from detect.results import write_detections
+    from proposals import ProposalCache
+
+    ensemble = Detector.load(run, device=device)
+    singles = [Detector([member], ensemble.classes, ensemble.config) for member in ensemble.members]
+    dataset = load_dataset(scenes, split)
+    cache = ProposalCache(cache_dir)
+    inf = ensemble.config.inference
+    names = ["ensemble", *(f"member_{i}" for i in range(len(singles)))]
+    detections: dict[str, dict] = {name: {} for name in names}
+    for rec in tqdm(dataset.images, desc="score regions", unit="image"):
+        cached = cache.get(rec.key)
+        if cached is None:
+            raise InputError(cache_dir, f"no cached proposals for image '{rec.key}' (run `detect proposals`)")
+        boxes = cached[0].float()
+        probs = [det.score_regions(rec.path, boxes) for det in singles]
+        for name, p in zip(names, [torch.stack(probs).mean(0), *probs]):
+            detections[name][rec.image_id] = select_detections(
+                boxes, p, inf.nms_iou, inf.score_threshold, inf.max_detections)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    files = {}
+    for name in names:
+        files[name] = out_dir / f"{name}.detections.json"
+        write_detections(files[name], detections[name], dataset)
+    return files
+
+
+def install_default_model(run: Path, dest: Path) -> int:
+    """Copy the parts of a detector run that inference needs into `dest`; returns its bytes.
+
+    Kept: detector.json, detector.yaml, each member's model.safetensors + model.json, and the
+    MultiBox run's model files (no checkpoints or logs). Refuses a result over 15 MB.
+    """
+    info = json.loads((run / "detector.json").read_text())
+    staging = dest.with_name(dest.name + ".new")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    for name in ("detector.json", "detector.yaml"):
+        shutil.copy2(run / name, staging / name)
+    folders = list(info["members"]) + ([info["multibox"]] if info.get("multibox") else [])
+    for folder in folders:
+        (staging / folder).mkdir(parents=True, exist_ok=True)
+        for f in (run / folder).iterdir():
+            if f.is_file() and f.suffix in (".safetensors", ".json", ".yaml"):
+                shutil.copy2(f, staging / folder / f.name)
+    size = sum(f.stat().st_size for f in staging.rglob("*") if f.is_file())
+    if size > MAX_MODEL_BYTES:
+        shutil.rmtree(staging)
+        raise SystemExit(f"the detector run is {size / 1e6:.1f} MB, above the 15 MB package limit")
+    shutil.rmtree(dest, ignore_errors=True)
+    staging.rename(dest)
+    return size
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--work", default=None, help="work folder (default runs/demo, or runs/demo_quick with --quick)")
+    parser.add_argument("--quick", action="store_true", help="tiny data and 1 epoch per step: a dry run")
+    parser.add_argument("--fresh", action="store_true", help="delete the work folder first")
+    parser.add_argument("--device", default="auto", help="cpu, cuda or auto")
+    parser.add_argument("--no-install", dest="install", action="store_false",
+                        help="leave detect/default_model/ alone (default with --quick)")
+    parser.add_argument("--only", nargs="*", default=None, help="run only these steps (names as listed above)")
+    args = parser.parse_args(argv)
+    work = Path(args.work or ("runs/demo_quick" if args.quick else "runs/demo"))
+    work = work if work.is_absolute() else ROOT / work
+    if args.fresh:
+        shutil.rmtree(work, ignore_errors=True)
+    build = Build(work, QUICK if args.quick else FULL, args.device, args.install and not args.quick)
+    steps = ["prepare", "classifier", "scenes", "multibox", "proposals", "detector", "evaluate",
+             "recall", "install", "smoke"]
+    for name in steps:
+        if args.only is None or name in args.only:
+            build.step(name, getattr(build, name))
+    print(json.dumps(build.report, indent=2))
+
+
+if __name__ == "__main__":
+    main()
