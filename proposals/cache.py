@@ -126,12 +126,10 @@ def _run(todo: list[tuple[str, str]], config: ProposalConfig, root: Path,
         _init_worker(*args)
         yield from map(_compute_one, todo)
         return
-    # forkserver: workers start from a clean process (no inherited thread pools) but the
-    # heavy imports happen once in the server rather than once per worker.
-    method = "forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn"
-    ctx = mp.get_context(method)
-    if method == "forkserver":
-        ctx.set_forkserver_preload(["proposals.cache"])
+    # fork where the OS has it (as torch's DataLoader does): workers start in milliseconds
+    # with everything imported, and a caller's script needs no `if __name__ == "__main__"`.
+    # Nothing heavy runs in this process before the fork; workers set one thread each.
+    ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
     with ctx.Pool(min(workers, len(todo)), initializer=_init_worker, initargs=args) as pool:
         yield from pool.imap_unordered(_compute_one, todo, chunksize=1)
 
