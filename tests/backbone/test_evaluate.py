@@ -1,5 +1,6 @@
 """Multi-crop, multi-model accuracy: the averaging arithmetic and a tiny generated folder."""
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,6 +14,7 @@ from backbone.errors import InputError
 from backbone.evaluate import (accuracy_table, evaluate_accuracy, format_table, model_probs,
                                prefix_accuracies)
 from backbone.models import ModelMeta, build_model, save_classifier
+from detect.cli_backbone import labelled_samples
 from detect.cli_eval import eval_command
 
 COLOURS = {"blue": (20, 30, 220), "green": (30, 200, 40), "red": (230, 20, 30)}  # sorted names
@@ -149,3 +151,15 @@ def test_eval_command_with_saved_models(folder, tmp_path):
     rows = json.loads(out.read_text())["rows"]
     assert len(rows) == 4 and all(r["images"] == 7 for r in rows)
     assert all(0.0 <= r["top1"] <= r["top5"] <= 100.0 for r in rows)
+
+
+def test_folder_names_map_to_model_classes(folder):
+    root, _ = folder
+    by_name = labelled_samples(root, ["red", "green", "blue"])  # the model's order, not sorted
+    assert {Path(p).parent.name: y for p, y in by_name} == {"red": 0, "green": 1, "blue": 2}
+    unnamed = labelled_samples(root, ["class_0", "class_1", "class_2"])  # follows sorted folders
+    assert {Path(p).parent.name: y for p, y in unnamed} == {"blue": 0, "green": 1, "red": 2}
+    with pytest.raises(InputError, match="not among"):
+        labelled_samples(root, ["cat", "dog", "fox"])
+    with pytest.raises(InputError, match="the model has 2"):
+        labelled_samples(root, ["class_0", "class_1"])
