@@ -41,7 +41,7 @@ def detect_images(detector: Detector, paths: Sequence[str | Path], out_dir: str 
     say = tqdm.write if progress else echo  # tqdm.write keeps the progress bar intact
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    done: list[tuple[Path, str, tuple[int, int], dict[str, Tensor]]] = []  # path, name, (w, h), dets
+    done: list[tuple] = []  # (path, name, (w, h), detections, seconds per stage)
     summary: dict = {"images": [], "skipped": []}
     used: set[str] = set()
     try:
@@ -52,12 +52,13 @@ def detect_images(detector: Detector, paths: Sequence[str | Path], out_dir: str 
                 summary["skipped"].append({"file": str(path), "error": e.problem})
                 say(f"skipped {path}: {e.problem}")
                 continue
-            start = time.perf_counter()
+            start, before = time.perf_counter(), dict(detector.timings)
             dets = detector.detect(pixels)
+            stages = {k: round(v - before[k], 3) for k, v in detector.timings.items()}
             key = _unique_name(path.stem, used)
             save_detections_png(out / f"{key}.png", pixels, dets, detector.classes)
-            done.append((path, key, (pixels.shape[1], pixels.shape[0]), dets))
-            line = _summary_line(path, dets, detector.classes, time.perf_counter() - start)
+            done.append((path, key, (pixels.shape[1], pixels.shape[0]), dets, stages))
+            line = _summary_line(path, dets, detector.classes, time.perf_counter() - start, stages)
             say(line)
     finally:
         _write_results(out, done, detector.classes, summary)
@@ -72,11 +73,13 @@ def _unique_name(stem: str, used: set[str]) -> str:
     return name
 
 
-def _summary_line(path: Path, dets: dict[str, Tensor], classes: list[str], seconds: float) -> str:
+def _summary_line(path: Path, dets: dict[str, Tensor], classes: list[str], seconds: float,
+                  stages: dict[str, float]) -> str:
     best = ", ".join(f"{classes[int(lab) - 1]} {float(s):.2f}"
                      for lab, s in zip(dets["labels"][:5], dets["scores"][:5]))
     more = " ..." if len(dets["scores"]) > 5 else ""
-    return f"{path}: {len(dets['scores'])} detections ({best}{more}) in {seconds:.1f} s"
+    split = ", ".join(f"{k} {v:.1f}" for k, v in stages.items())
+    return f"{path}: {len(dets['scores'])} detections ({best}{more}) in {seconds:.1f} s ({split})"
 
 
 def _write_results(out: Path, done: list, classes: list[str], summary: dict) -> None:
@@ -85,14 +88,14 @@ def _write_results(out: Path, done: list, classes: list[str], summary: dict) -> 
     from detect.results import write_detections
 
     records, dets = [], {}
-    for image_id, (path, key, (width, height), d) in enumerate(done):
+    for image_id, (path, key, (width, height), d, stages) in enumerate(done):
         records.append(ImageRecord(image_id, key, path.resolve(), width, height,
                                    torch.zeros(0, 4), torch.zeros(0, dtype=torch.int64),
                                    torch.zeros(0, dtype=torch.bool)))
         dets[image_id] = d
         summary["images"].append({"image_id": image_id, "file": str(path), "png": f"{key}.png",
                                   "width": width, "height": height,
-                                  "detections": len(d["scores"])})
+                                  "detections": len(d["scores"]), "seconds": stages})
     dataset = DetectionDataset(classes, records, out, list(range(1, len(classes) + 1)))
     write_detections(out / "detections.json", dets, dataset)
     atomic_write_json(out / "run.json", summary)

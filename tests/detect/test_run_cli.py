@@ -54,6 +54,7 @@ def test_run_writes_json_png_and_lists_skipped(run_dir, tmp_path, capsys):
         assert e["category_name"] == CLASSES[e["category_id"] - 1]
     summary = json.loads((out / "run.json").read_text())
     assert [s["png"] for s in summary["images"]] == ["a.png", "b.png"]
+    assert set(summary["images"][0]["seconds"]) == {"proposals", "crops", "network", "nms"}
     assert summary["skipped"][0]["file"].endswith("broken.jpg")
     drawn = np.asarray(Image.open(out / "a.png"))
     assert drawn.shape == (72, 96, 3) and (drawn != scene(0)).any()  # boxes were drawn on it
