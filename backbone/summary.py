@@ -161,7 +161,14 @@ def summarize(model: nn.Module, input_size: int = 224, aux: bool = False) -> Sum
     listed as extra rows; their parameters and multiply-adds are kept out of the main totals.
     """
     was_training = model.training
-    model.eval()
+    try:
+        return _summarize_eval(model.eval(), input_size, aux)
+    finally:
+        model.train(was_training)
+
+
+def _summarize_eval(model: nn.Module, input_size: int, aux: bool) -> Summary:
+    """`summarize` of a model already in eval mode (no dropout, BatchNorm statistics untouched)."""
     layers = _layers(model)
     captured: dict[str, Tensor] = {}
     feeds = {src for _, _, src in _aux_heads(model)} if aux else set()
@@ -173,7 +180,7 @@ def summarize(model: nn.Module, input_size: int = 224, aux: bool = False) -> Sum
     finally:
         for h in handles:
             h.remove()
-    rows = [LayerRow(n, describe(m), *measured[n][:1], _n_params(m), measured[n][1],
+    rows = [LayerRow(n, describe(m), measured[n][0], _n_params(m), measured[n][1],
                      _inception_widths(m)) for n, m in layers]
     if isinstance(model, GoogLeNet):  # its global pool is functional: show it as Table 1 does
         at = [r.name for r in rows].index("dropout")
@@ -183,7 +190,6 @@ def summarize(model: nn.Module, input_size: int = 224, aux: bool = False) -> Sum
             shape, macs = _measure([(name, head)], lambda: head(captured[src]))[name]
             rows.append(LayerRow(name, f"aux head on {src[-2:]}", shape, _n_params(head), macs,
                                  aux=True))
-    model.train(was_training)
     num_classes = next(r.output[0] for r in rows if r.name == "fc")
     if isinstance(model, GoogLeNet):
         return Summary("googlenet", model.width, input_size, num_classes, rows)
