@@ -22,6 +22,8 @@ from torch import Tensor
 from torchvision.ops import box_iou
 
 IGNORE = -1  # label of a region that is neither foreground nor background
+# What a seed is for: the last part of mix_seed's tuple, so that streams never coincide.
+SEED_REGIONS, SEED_HEAD, SEED_DROPOUT = 1, 2, 3
 
 
 @dataclass
@@ -67,7 +69,7 @@ def label_regions(proposals: Tensor, gt_boxes: Tensor, gt_labels: Tensor, fg_iou
 
 
 def mix_seed(*parts: int) -> int:
-    """A well-mixed 63-bit seed from a tuple of integers, e.g. (seed, epoch, step)."""
+    """A well-mixed 63-bit seed from non-negative integers, e.g. (seed, epoch, step, SEED_REGIONS)."""
     return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1, np.uint64)[0] >> 1)
 
 
@@ -126,7 +128,7 @@ def sample_minibatch(images: Sequence[LabelledRegions], image_indices: Sequence[
     images: labelled regions of every training image; image_indices: the images of this step.
     Deterministic in (seed, epoch, step). Returns one RegionSample per image of the step.
     """
-    g = torch.Generator().manual_seed(mix_seed(seed, epoch, step, 1))
+    g = torch.Generator().manual_seed(mix_seed(seed, epoch, step, SEED_REGIONS))
     quotas = split_quota(batch_regions, len(image_indices))
     fg_quotas = split_quota(fg_per_batch, len(image_indices))
     out = []

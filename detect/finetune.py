@@ -1,0 +1,304 @@
+"""R-CNN fine-tuning of an ensemble of GoogLeNet region classifiers (`detect train-detector`).
+
+Shapes: R regions in a mini-batch, S crop side, K foreground classes (outputs K+1, 0 = background).
+
+Each member starts from a classifier run (`detect train-classifier`, either architecture), gets
+a fresh K+1-way classifier, and is fine-tuned with SGD on warped regions drawn by R-CNN's
+sampling (`detect.sampling`): 128 regions per mini-batch, 32 of them foreground. Members
+differ by seed (new head, image order, region draws, mirroring, dropout), as the paper's
+ensemble did. Crops are made on the training device from decoded images and cached proposals.
+
+A run folder holds, besides the detector itself (`detect.detector.save_detector_run`):
+
+    train/member_<i>.pt    checkpoint after each epoch (atomic; `resume` continues from it)
+    train/metrics.jsonl    one JSON line per member and epoch (loss, accuracy, val mAP, ...)
+
+All randomness derives from (seed, epoch, step), so a resumed run ends with exactly the weights
+of an uninterrupted one. Under torchrun each process takes an equal share of the images of
+every mini-batch; gradients are averaged by DistributedDataParallel so that the update equals
+the single-process one on the whole mini-batch.
+"""
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from tqdm import tqdm
+
+from backbone.checkpoint import check_finite_loss, load_checkpoint, save_checkpoint
+from backbone.config import config_to_dict, save_config
+from backbone.distributed import DistInfo, all_reduce_sum, barrier, cleanup, init_distributed
+from backbone.errors import InputError
+from backbone.io import append_jsonl, load_image
+from backbone.models import ModelMeta, load_classifier
+from detect.config import DetectorConfig, FinetuneConfig
+from detect.data import DetectionDataset
+from detect.detector import BACKGROUND, Detector, detect_dataset, save_detector_run
+from detect.metrics import evaluate_map
+from detect.regions import to_tensor, warp_regions
+from detect.sampling import (SEED_DROPOUT, SEED_HEAD, LabelledRegions, RegionSample, epoch_batches,
+                             label_regions, mix_seed, sample_minibatch)
+from proposals import ProposalCache
+
+LOG_FILE = "metrics.jsonl"
+
+
+def prepare_regions(dataset: DetectionDataset, cache: ProposalCache,
+                    cfg: FinetuneConfig) -> tuple[list[int], list[LabelledRegions], list[str]]:
+    """Label the ground truth and cached proposals of every image (R-CNN's IoU rule).
+
+    Returns (indices into dataset.images of the usable images, their labelled regions, keys
+    skipped because the cache has no proposals for them or they have no usable region).
+    """
+    kept, regions, skipped = [], [], []
+    for i, rec in enumerate(dataset.images):
+        entry = cache.get(rec.key)
+        if entry is None:
+            skipped.append(rec.key)
+            continue
+        r = label_regions(entry[0], rec.boxes, rec.labels, cfg.fg_iou, cfg.bg_iou_high, cfg.bg_iou_low)
+        if r.num_fg + r.num_bg == 0:
+            skipped.append(rec.key)
+            continue
+        kept.append(i)
+        regions.append(r)
+    return kept, regions, skipped
+
+
+def init_member(init_run: str | Path, classes: list[str], seed: int,
+                dropout: float | None) -> tuple[nn.Module, ModelMeta]:
+    """A classifier run with a fresh (K+1)-way head, on the CPU: the starting point of a member."""
+    model, base = load_classifier(init_run, "cpu")
+    torch.manual_seed(mix_seed(seed, 0, 0, SEED_HEAD))  # the new head differs between members
+    model.reset_classifier(len(classes) + 1)
+    if dropout is not None:
+        for m in model.modules():
+            if isinstance(m, nn.Dropout):
+                m.p = dropout
+    meta = ModelMeta(arch=base.arch, num_classes=len(classes) + 1, classes=[BACKGROUND, *classes],
+                     width=base.width, input_size=base.input_size, mean=base.mean, std=base.std,
+                     extra={"task": "region_classifier", "init": str(init_run)})
+    return model, meta
+
+
+class _ImageReader(torch.utils.data.Dataset):
+    """Decodes training images by index: item i -> (i, uint8 [H, W, 3])."""
+
+    def __init__(self, paths: list[Path]):
+        self.paths = paths
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int):
+        return i, torch.from_numpy(load_image(self.paths[i]))
+
+
+def _loader(paths: list[Path], steps: list[list[int]], dist: DistInfo, workers: int):
+    """Per step, this process's share of the step's images, decoded: [(index, uint8 image), ...]."""
+    mine = [s[dist.rank::dist.world_size] for s in steps]
+    return torch.utils.data.DataLoader(_ImageReader(paths), batch_sampler=mine, num_workers=workers,
+                                       collate_fn=list, persistent_workers=False)
+
+
+def make_crops(images: dict[int, Tensor], samples: list[RegionSample], crop_size: int,
+               context_pad: int) -> tuple[Tensor, Tensor]:
+    """Warped, mirrored crops of the sampled regions: (Tensor[R, 3, S, S], labels Tensor[R]).
+
+    images: index -> normalised Tensor[3, H, W] on the training device.
+    """
+    crops = [warp_regions(images[s.image], s.boxes, crop_size, context_pad) for s in samples]
+    x = torch.cat(crops)
+    flip = torch.cat([s.flip for s in samples]).to(x.device)
+    x = torch.where(flip[:, None, None, None], x.flip(-1), x)
+    return x, torch.cat([s.labels for s in samples]).to(x.device)
+
+
+def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, paths: list[Path],
+                    regions: list[LabelledRegions], meta: ModelMeta, cfg: DetectorConfig,
+                    seed: int, epoch: int, dist: DistInfo, desc: str) -> dict:
+    """One pass over the training images; returns mean loss, accuracies and regions/s."""
+    ft = cfg.finetune
+    crop = cfg.regions.crop_size or meta.input_size
+    steps = epoch_batches(len(paths), ft.images_per_batch, seed, epoch)
+    device = dist.device
+    amp = device.type == "cuda" and ft.amp
+    totals = torch.zeros(4, dtype=torch.float64)  # loss sum, regions, correct, fg correct
+    fg_total = 0
+    model.train()
+    start = time.perf_counter()
+    bar = tqdm(_loader(paths, steps, dist, ft.workers), total=len(steps), desc=desc,
+               disable=not dist.is_main, leave=False)
+    for step, decoded in enumerate(bar):
+        samples = sample_minibatch(regions, steps[step], ft.batch_regions, ft.fg_per_batch,
+                                   ft.mirror, seed, epoch, step)
+        images = {i: to_tensor(img.numpy(), meta.mean, meta.std, device) for i, img in decoded}
+        x, y = make_crops(images, [s for s in samples if s.image in images], crop, cfg.regions.context_pad)
+        if device.type == "cuda":
+            x = x.contiguous(memory_format=torch.channels_last)
+        torch.manual_seed(mix_seed(seed, epoch, step, SEED_DROPOUT, dist.rank))  # dropout masks, reproducibly
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            logits = model(x)
+        loss_sum = F.cross_entropy(logits.float(), y, reduction="sum")
+        check_finite_loss(loss_sum, epoch, step)
+        # DDP averages gradients over processes: scale so the update is the mean over the batch.
+        loss = loss_sum * (dist.world_size / ft.batch_regions)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        with torch.no_grad():
+            correct = logits.argmax(1) == y
+            totals += torch.tensor([loss_sum.item(), len(y), correct.sum().item(),
+                                    correct[y > 0].sum().item()], dtype=torch.float64)
+            fg_total += int((y > 0).sum())
+        bar.set_postfix(loss=f"{loss_sum.item() / max(len(y), 1):.3f}",
+                        lr=f"{optimizer.param_groups[0]['lr']:.2g}")
+    bar.close()
+    totals = torch.cat([totals, torch.tensor([float(fg_total)], dtype=torch.float64)])
+    totals = all_reduce_sum(totals.to(device)).cpu()
+    seconds = time.perf_counter() - start
+    n = max(totals[1].item(), 1.0)
+    return {"loss": totals[0].item() / n, "accuracy": totals[2].item() / n,
+            "fg_accuracy": totals[3].item() / max(totals[4].item(), 1.0),
+            "regions_per_s": totals[1].item() / seconds, "steps": len(steps), "seconds": seconds}
+
+
+def validate(model: nn.Module, meta: ModelMeta, classes: list[str], cfg: DetectorConfig,
+             val_dataset: DetectionDataset, cache: ProposalCache) -> float:
+    """VOC 2012 mAP@0.5 of one member (as a one-member Detector) on the validation set."""
+    # A copy: the Detector switches its members to eval mode and its own memory layout.
+    member = copy.deepcopy(getattr(model, "module", model))
+    detector = Detector([(member, meta)], classes, cfg)
+    detections = detect_dataset(detector, val_dataset, proposals_cache=cache, progress=False)
+    return float(evaluate_map(val_dataset, detections, "voc12")["mAP"])
+
+
+def _lr_at(ft: FinetuneConfig, epoch: int) -> float:
+    """Step schedule: lr * gamma ** (epoch // lr_step_epochs); constant when lr_step_epochs is 0."""
+    return ft.lr * (ft.lr_gamma ** (epoch // ft.lr_step_epochs) if ft.lr_step_epochs > 0 else 1.0)
+
+
+def train_member(index: int, init_run: str | Path, classes: list[str], paths: list[Path],
+                 regions: list[LabelledRegions], cfg: DetectorConfig, out_dir: Path,
+                 val: tuple[DetectionDataset, ProposalCache] | None, resume: bool,
+                 dist: DistInfo) -> tuple[nn.Module, ModelMeta]:
+    """Fine-tune member `index` for cfg.finetune.epochs, checkpointing each epoch."""
+    ft = cfg.finetune
+    seed = ft.seed + index
+    model, meta = init_member(init_run, classes, seed, ft.dropout)
+    model = model.to(dist.device)
+    if dist.device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = torch.optim.SGD(model.parameters(), lr=ft.lr, momentum=ft.momentum,
+                                weight_decay=ft.weight_decay)
+    ckpt_path = out_dir / "train" / f"member_{index}.pt"
+    first_epoch = 0
+    if resume and ckpt_path.is_file():
+        state = load_checkpoint(ckpt_path, map_location=dist.device)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        first_epoch = int(state["epoch"])
+    net = model
+    if dist.world_size > 1:
+        ids = [dist.device.index] if dist.device.type == "cuda" else None
+        net = nn.parallel.DistributedDataParallel(model, device_ids=ids)
+    for epoch in range(first_epoch, ft.epochs):
+        for group in optimizer.param_groups:
+            group["lr"] = _lr_at(ft, epoch)
+        desc = f"member {index + 1}/{ft.members} epoch {epoch + 1}/{ft.epochs}"
+        record = train_one_epoch(net, optimizer, paths, regions, meta, cfg, seed, epoch, dist, desc)
+        record = {"member": index, "epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"], **record}
+        if dist.is_main:
+            if val is not None:
+                record["val_mAP"] = validate(model, meta, classes, cfg, *val)
+            save_checkpoint(ckpt_path, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                                        "epoch": epoch + 1, "member": index,
+                                        "finetune": config_to_dict(ft)})
+            append_jsonl(out_dir / "train" / LOG_FILE, record)
+            tqdm.write(_summary(record))
+        barrier()
+    return model.eval(), meta
+
+
+def _summary(r: dict) -> str:
+    text = (f"member {r['member']} epoch {r['epoch']}: loss {r['loss']:.4f} acc {r['accuracy']:.3f} "
+            f"fg acc {r['fg_accuracy']:.3f} ({r['regions_per_s']:.0f} regions/s)")
+    return text + (f" val mAP {r['val_mAP']:.4f}" if "val_mAP" in r else "")
+
+
+def _check_inputs(cfg: DetectorConfig, out_dir: Path, resume: bool, n_images: int, dist: DistInfo,
+                  dataset: DetectionDataset) -> None:
+    ft = cfg.finetune
+    if not resume and (out_dir / "train").is_dir() and any((out_dir / "train").glob("member_*.pt")):
+        raise InputError(out_dir, "already holds a detector training run; pass --resume to continue "
+                                  "it or choose another --out")
+    if ft.fg_per_batch > ft.batch_regions or ft.batch_regions < 1 or ft.members < 1 or ft.epochs < 1:
+        raise InputError(None, "finetune: need 1 <= fg_per_batch <= batch_regions, members >= 1, epochs >= 1")
+    if ft.images_per_batch % dist.world_size:
+        raise InputError(None, f"finetune.images_per_batch ({ft.images_per_batch}) must be a multiple "
+                               f"of the number of processes ({dist.world_size})")
+    if n_images < ft.images_per_batch:
+        raise InputError(dataset.root, f"only {n_images} training images have proposals and regions; "
+                                       f"need at least images_per_batch = {ft.images_per_batch}")
+
+
+def train_detector(cfg: DetectorConfig, dataset: DetectionDataset,
+                   val_dataset: DetectionDataset | None, proposals_cache_dir: str | Path,
+                   init_run: str | Path, out_dir: str | Path, members: int | None = None,
+                   resume: bool = False, device: str = "auto") -> Path:
+    """Fine-tune an ensemble of region classifiers and save the detector run in `out_dir`.
+
+    Args:
+        cfg: the detector config (its finetune section drives training; the rest is saved
+            with the run). The proposals section is taken from the cache when it has one, so
+            that the detector proposes at test time as its members were trained.
+        dataset, val_dataset: training images (and optional validation images: mAP per epoch).
+        proposals_cache_dir: a cache of `detect proposals` covering the training (and
+            validation) images; images without an entry are skipped and listed.
+        init_run: a classifier run of `detect train-classifier` (either architecture).
+        members: ensemble size (default cfg.finetune.members).
+        resume: continue from the checkpoints in `out_dir`.
+    Returns the run folder (load it with `detect.Detector.load`).
+    """
+    if cfg.finetune.threads > 0:
+        torch.set_num_threads(cfg.finetune.threads)
+    dist = init_distributed(device)
+    try:
+        return _train_detector(cfg, dataset, val_dataset, proposals_cache_dir, init_run, Path(out_dir),
+                               members, resume, dist)
+    finally:
+        cleanup()
+
+
+def _train_detector(cfg: DetectorConfig, dataset: DetectionDataset, val_dataset: DetectionDataset | None,
+                    proposals_cache_dir: str | Path, init_run: str | Path, out_dir: Path,
+                    members: int | None, resume: bool, dist: DistInfo) -> Path:
+    if members is not None:
+        cfg = replace(cfg, finetune=replace(cfg.finetune, members=members))
+    cache = ProposalCache(proposals_cache_dir)
+    if not cache.entries.is_dir():
+        raise InputError(proposals_cache_dir, "not a proposal cache (no boxes/ folder); "
+                                              "make one with `detect proposals`")
+    cfg = replace(cfg, proposals=cache.config() or cfg.proposals)
+    kept, regions, skipped = prepare_regions(dataset, cache, cfg.finetune)
+    _check_inputs(cfg, out_dir, resume, len(kept), dist, dataset)
+    if skipped and dist.is_main:
+        tqdm.write(f"skipped {len(skipped)} images without proposals or usable regions: "
+                   f"{', '.join(skipped[:10])}{' ...' if len(skipped) > 10 else ''}")
+    paths = [dataset.images[i].path for i in kept]
+    if dist.is_main:
+        (out_dir / "train").mkdir(parents=True, exist_ok=True)
+        save_config(cfg, out_dir / "train" / "config.yaml")
+    val = (val_dataset, cache) if val_dataset is not None else None
+    trained = [train_member(m, init_run, dataset.classes, paths, regions, cfg, out_dir, val, resume, dist)
+               for m in range(cfg.finetune.members)]
+    if dist.is_main:
+        multibox = cfg.proposals.multibox.model if cfg.proposals.multibox.enabled else None
+        save_detector_run(out_dir, trained, cfg, dataset.classes, multibox_dir=multibox)
+    barrier()
+    return out_dir

@@ -1,0 +1,84 @@
+"""A tiny generated detection data set for the fine-tuning and end-to-end tests.
+
+Distinct, high-contrast objects (a red disc, a blue square, a yellow triangle) on textured grey
+backgrounds (blurred noise plus faint stripes), 1-2 objects per image that never overlap.
+Written as a Pascal VOC folder (PNG images) with the project's own writer, so the tests read it
+back through `detect.data.load_dataset` as a user's data set would be read.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw
+from scipy import ndimage
+
+from backbone.io import atomic_write_text
+from detect.data import write_voc
+
+CLASSES = ["disc", "square", "triangle"]
+COLOURS = [(230, 30, 30), (30, 70, 230), (240, 220, 20)]
+
+
+def _texture(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
+    """Grey background [H, W, 3] uint8: smooth noise, fine noise and faint stripes."""
+    smooth = ndimage.gaussian_filter(rng.normal(size=(h, w)), 4) * 120
+    yy, xx = np.mgrid[:h, :w]
+    angle, period = rng.uniform(0, np.pi), rng.uniform(6, 14)
+    stripes = 12 * np.sin((xx * np.cos(angle) + yy * np.sin(angle)) * 2 * np.pi / period)
+    grey = 125 + smooth + stripes + rng.normal(scale=8, size=(h, w))
+    tint = rng.uniform(0.9, 1.1, size=3)
+    return np.clip(grey[:, :, None] * tint, 0, 255).astype(np.uint8)
+
+
+def _place(rng: np.random.Generator, size: int, taken: list[list[float]]) -> list[float] | None:
+    """A free square box [x1, y1, x2, y2] of side 26-44 px, 3 px from others, or None."""
+    for _ in range(50):
+        side = int(rng.integers(26, 45))
+        x1, y1 = (int(v) for v in rng.integers(2, size - side - 2, size=2))
+        box = [x1, y1, x1 + side, y1 + side]
+        if all(box[2] + 3 <= t[0] or t[2] + 3 <= box[0] or box[3] + 3 <= t[1] or t[3] + 3 <= box[1]
+               for t in taken):
+            return box
+    return None
+
+
+def _draw(draw: ImageDraw.ImageDraw, label: int, box: list[float]) -> None:
+    """Draw class `label` (1..3) filling `box` (x2, y2 exclusive)."""
+    x1, y1, x2, y2 = box[0], box[1], box[2] - 1, box[3] - 1
+    colour = COLOURS[label - 1]
+    if label == 1:
+        draw.ellipse([x1, y1, x2, y2], fill=colour)
+    elif label == 2:
+        draw.rectangle([x1, y1, x2, y2], fill=colour)
+    else:
+        draw.polygon([(x1, y2), (x2, y2), ((x1 + x2) / 2, y1)], fill=colour)
+
+
+def make_shapes_dataset(root: str | Path, splits: dict[str, int], size: int = 112, seed: int = 0) -> Path:
+    """Write a VOC folder with `splits` = {name: number of images}; return its root."""
+    root = Path(root)
+    (root / "JPEGImages").mkdir(parents=True, exist_ok=True)
+    for s, (split, count) in enumerate(splits.items()):
+        keys = []
+        for i in range(count):
+            rng = np.random.default_rng([seed, s, i])
+            image = Image.fromarray(_texture(rng, size, size))
+            draw = ImageDraw.Draw(image)
+            boxes, labels = [], []
+            for _ in range(int(rng.integers(1, 3))):
+                box = _place(rng, size, boxes)
+                if box is not None:
+                    label = int(rng.integers(1, len(CLASSES) + 1))
+                    _draw(draw, label, box)
+                    boxes.append(box)
+                    labels.append(label)
+            key = f"{split}_{i:04d}"
+            image.save(root / "JPEGImages" / f"{key}.png")
+            write_voc(root, key, (size, size), torch.tensor(boxes, dtype=torch.float32),
+                      torch.tensor(labels), CLASSES, filename=f"{key}.png")
+            keys.append(key)
+        atomic_write_text(root / "ImageSets" / "Main" / f"{split}.txt", "\n".join(keys) + "\n")
+    atomic_write_text(root / "classes.txt", "\n".join(CLASSES) + "\n")
+    return root
