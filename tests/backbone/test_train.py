@@ -1,0 +1,118 @@
+import json
+import math
+
+import pytest
+import torch
+from click.testing import CliRunner
+from torch import nn
+
+from backbone.checkpoint import load_checkpoint
+from backbone.config import load_config
+from backbone.errors import InputError
+from backbone.io import load_weights
+from backbone.models import load_classifier
+from backbone.train import ClassifierConfig, ModelEMA, TrainConfig, learning_rate, train_classifier
+from classification_data import make_image_folder
+
+# Tiny and fast: width 1/8, 32 x 32 inputs, 3 classes of 8 training images.
+TINY = ["model.width=0.125", "model.input_size=32", "train.batch_size=8", "train.lr=0.01",
+        "train.workers=0", "train.ema_decay=0.9", "train.eval_batch_size=16", "train.threads=1",
+        "data.saturation=0.0", "model.mean=[0.5,0.5,0.5]", "model.std=[0.25,0.25,0.25]"]
+
+
+def tiny_config(*overrides: str) -> ClassifierConfig:
+    return load_config(ClassifierConfig, None, [*TINY, *overrides])
+
+
+def read_log(run):
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_learning_rate_drops_4_percent_every_8_epochs():
+    cfg = TrainConfig(lr=0.01, lr_gamma=0.96, lr_step_epochs=8)
+    assert learning_rate(cfg, 0) == 0.01
+    assert learning_rate(cfg, 7.99) == 0.01
+    assert math.isclose(learning_rate(cfg, 8), 0.0096)
+    assert math.isclose(learning_rate(cfg, 16.5), 0.01 * 0.96 ** 2)
+    assert math.isclose(learning_rate(cfg, 80), 0.01 * 0.96 ** 10)
+    warm = TrainConfig(lr=0.1, lr_gamma=0.5, lr_step_epochs=1, warmup_epochs=2)
+    assert math.isclose(learning_rate(warm, 0.5), 0.1 * 0.25)  # ramp 0.5 / 2
+    assert math.isclose(learning_rate(warm, 1.5), 0.05 * 0.75)  # decayed once, still ramping
+    assert math.isclose(learning_rate(warm, 3), 0.1 * 0.125)
+
+
+def test_ema_arithmetic_by_hand():
+    model = nn.Linear(1, 1, bias=False)
+    nn.init.zeros_(model.weight)
+    ema = ModelEMA(model, decay=0.5)
+    with torch.no_grad():
+        model.weight.fill_(1.0)
+    ema.update(model)  # d = min(0.5, 2 / 11): avg = 2/11 * 0 + 9/11 * 1
+    assert math.isclose(ema.module.weight.item(), 9 / 11, rel_tol=1e-6)
+    with torch.no_grad():
+        model.weight.fill_(2.0)
+    ema.update(model)  # d = min(0.5, 3 / 12) = 0.25
+    expected = 0.25 * 9 / 11 + 0.75 * 2
+    assert math.isclose(ema.module.weight.item(), expected, rel_tol=1e-6)
+    ema.update(model)  # d = min(0.5, 4 / 13) = 4/13
+    expected = 4 / 13 * expected + 9 / 13 * 2
+    assert math.isclose(ema.module.weight.item(), expected, rel_tol=1e-6)
+    ema.updates = 100
+    ema.update(model)  # d = min(0.5, 102 / 111) = 0.5
+    assert math.isclose(ema.module.weight.item(), 0.5 * expected + 0.5 * 2, rel_tol=1e-6)
+    assert not ema.module.weight.requires_grad and model.weight.item() == 2.0
+
+
+def test_short_training_run_loss_falls_and_model_loads(tmp_path):
+    data = make_image_folder(tmp_path / "data")
+    # No BatchNorm: without dropout and at a modest rate the loss leaves ln(3) * 1.6 steadily.
+    cfg = tiny_config("train.epochs=5", "train.batch_size=4", "model.dropout=0.0", "model.aux_dropout=0.0")
+    run = train_classifier(cfg, data, tmp_path / "run", device="cpu")
+    log = read_log(run)
+    assert [r["epoch"] for r in log] == [1, 2, 3, 4, 5]
+    assert log[-1]["train_loss"] < log[0]["train_loss"] - 0.1, log
+    assert {"val_top1", "val_top5", "val_top1_avg", "val_top5_avg"} <= set(log[0])
+    assert all(r["val_top5"] == 100.0 for r in log)  # 3 classes: top-5 always hits
+    model, meta = load_classifier(run)
+    assert meta.classes == ["c0", "c1", "c2"] and meta.input_size == 32 and meta.width == 0.125
+    assert model(torch.zeros(2, 3, 32, 32)).shape == (2, 3)
+    # The saved model is the averaged one.
+    ema = load_checkpoint(run / "checkpoint.pt")["ema"]["module"]
+    assert torch.equal(load_weights(run / "model.safetensors")["fc.weight"], ema["fc.weight"])
+    assert (run / "config.yaml").is_file()
+
+
+def test_resume_reproduces_an_uninterrupted_run(tmp_path):
+    data = make_image_folder(tmp_path / "data")
+    straight = train_classifier(tiny_config("train.epochs=2"), data, tmp_path / "a", device="cpu")
+    train_classifier(tiny_config("train.epochs=1"), data, tmp_path / "b", device="cpu")
+    resumed = train_classifier(tiny_config("train.epochs=2"), data, tmp_path / "b", resume=True, device="cpu")
+    a, b = load_checkpoint(straight / "checkpoint.pt"), load_checkpoint(resumed / "checkpoint.pt")
+    assert a["epoch"] == b["epoch"] == 2
+    for key in a["model"]:
+        assert torch.equal(a["model"][key], b["model"][key]), key
+        assert torch.equal(a["ema"]["module"][key], b["ema"]["module"][key]), key
+    assert read_log(straight) == [dict(r, seconds=s["seconds"]) for r, s in zip(read_log(resumed), read_log(straight))]
+
+
+def test_existing_run_needs_resume_and_non_finite_loss_stops(tmp_path):
+    data = make_image_folder(tmp_path / "data", per_class=4, val_per_class=1)
+    train_classifier(tiny_config("train.epochs=1"), data, tmp_path / "run", device="cpu")
+    with pytest.raises(InputError, match="--resume"):
+        train_classifier(tiny_config("train.epochs=1"), data, tmp_path / "run", device="cpu")
+    with pytest.raises(FloatingPointError, match="non-finite loss"):
+        train_classifier(tiny_config("train.epochs=3", "train.lr=1.0e+30"), data, tmp_path / "boom", device="cpu")
+
+
+def test_cli_trains_with_overrides_and_rejects_unknown_keys(tmp_path):
+    from detect.cli_train import train_classifier as command
+
+    data = make_image_folder(tmp_path / "data", per_class=4, val_per_class=1)
+    config = tmp_path / "tiny.yaml"
+    config.write_text("train:\n  epochs: 1\n")
+    args = ["--data", str(data), "--config", str(config), "--device", "cpu"]
+    result = CliRunner().invoke(command, [*args, "--out", str(tmp_path / "run"), *TINY])
+    assert result.exit_code == 0, result.output
+    assert "model saved" in result.output and (tmp_path / "run" / "model.json").is_file()
+    result = CliRunner().invoke(command, [*args, "--out", str(tmp_path / "bad"), "train.lrr=1"])
+    assert isinstance(result.exception, InputError) and "train.lrr" in str(result.exception)
