@@ -125,9 +125,14 @@ def _scan_flat(root: Path, labels: Path, classes: Sequence[str] | None
     return list(classes), sorted(samples)
 
 
+def derive_seed(*keys: int) -> int:
+    """A 32-bit seed that depends on every (non-negative) key: independent streams per key tuple."""
+    return int(np.random.SeedSequence(list(keys)).generate_state(1)[0])
+
+
 def sample_seed(seed: int, epoch: int, index: int) -> int:
     """The augmentation seed of image `index` in `epoch`: the same in every process and run."""
-    return int(np.random.SeedSequence([seed, epoch, index]).generate_state(1)[0])
+    return derive_seed(seed, epoch, index)
 
 
 class ImageDataset(Dataset):
