@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import shutil
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -34,6 +35,8 @@ from backbone.models import ModelMeta, load_classifier, save_classifier
 from detect.config import PRECISIONS, DetectorConfig, InferenceConfig
 from detect.regions import to_tensor, warp_regions
 
+FAST_CHECK_REGIONS = 8  # regions compared in float32 and the fast dtype before "auto" trusts it
+FAST_MAX_DIFF = 0.02  # the largest softmax difference "auto" accepts (issue 7)
 RUN_JSON = "detector.json"
 RUN_YAML = "detector.yaml"
 BACKGROUND = "__background__"
@@ -61,8 +64,9 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype | Non
 
     "auto" is the fast setting where the hardware runs it natively: bfloat16 on CPUs with
     AVX-512 BF16 / AMX and on GPUs that support it, float16 on older GPUs; float32 elsewhere.
-    Its agreement with float32 is checked by tests/detect/test_detector.py and measured by
-    tools/bench_region_scoring.py.
+    "auto" is then checked on the first real regions each member scores (Detector keeps it only
+    if the softmax agrees with float32 within 0.02 and the top classes match), is tested in
+    tests/detect/test_detector.py and measured by tools/bench_region_scoring.py.
     """
     if precision not in PRECISIONS:
         raise InputError(None, f"inference.precision must be one of {', '.join(PRECISIONS)}, got '{precision}'")
@@ -137,6 +141,9 @@ class Detector:
                 model.to(memory_format=torch.channels_last)
             self.members.append((model, meta))
         self.timings = {"proposals": 0.0, "crops": 0.0, "network": 0.0, "nms": 0.0}  # seconds, cumulative
+        # "auto" keeps its fast dtype only after the first real regions agree with float32.
+        self._check_fast = config.inference.precision == "auto" and self.dtype is not None
+        self.fast_check: dict | None = None  # the outcome of that check, once made
 
     # ---- loading -----------------------------------------------------------------------------
 
@@ -201,6 +208,8 @@ class Detector:
                     if key[:2] not in normalised:
                         normalised[key[:2]] = to_tensor(pixels, meta.mean, meta.std, self.device)
                     crops[key] = self._crops(normalised[key[:2]], batch, key[2])
+                if self._check_fast:
+                    self._check_fast_precision(model, crops[key])
                 total = total + self._probabilities(model, crops[key])
             out[start:start + len(batch)] = (total / len(self.members)).cpu()
         return out
@@ -231,11 +240,30 @@ class Detector:
         self.timings["crops"] += time.perf_counter() - start
         return crops
 
-    def _probabilities(self, model: nn.Module, crops: Tensor) -> Tensor:
-        """Softmax [B, K+1] (float32) of one member, under the configured precision."""
+    def _check_fast_precision(self, model: nn.Module, crops: Tensor) -> None:
+        """Score the first FAST_CHECK_REGIONS crops in float32 and in the fast dtype; fall back to
+        float32 for good (with a warning) unless max |softmax diff| <= FAST_MAX_DIFF and the top
+        classes agree. Made once per member, on the first regions it scores."""
+        n = min(len(crops), FAST_CHECK_REGIONS)
+        exact = self._probabilities(model, crops[:n], fast=False)
+        fast = self._probabilities(model, crops[:n])
+        diff = (exact - fast).abs().max().item()
+        same = (exact.argmax(1) == fast.argmax(1)).all().item()
+        self.fast_check = {"dtype": str(self.dtype).replace("torch.", ""), "regions": n,
+                           "max_abs_diff": diff, "same_top_class": bool(same)}
+        if diff > FAST_MAX_DIFF or not same:
+            warnings.warn(f"{self.fast_check['dtype']} disagrees with float32 on this model (max softmax "
+                          f"difference {diff:.3f}); scoring in float32 (set inference.precision to choose)")
+            self.dtype, self._check_fast = None, False
+        elif model is self.members[-1][0]:
+            self._check_fast = False
+
+    def _probabilities(self, model: nn.Module, crops: Tensor, fast: bool = True) -> Tensor:
+        """Softmax [B, K+1] (float32) of one member, under the configured precision
+        (fast=False: float32)."""
         start = time.perf_counter()
-        with torch.autocast(self.device.type, dtype=self.dtype or torch.bfloat16,
-                            enabled=self.dtype is not None):
+        dtype = self.dtype if fast else None
+        with torch.autocast(self.device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None):
             logits = model(crops)
         probs = logits.float().softmax(dim=1)
         self._sync()

@@ -173,3 +173,22 @@ def test_fast_precision_agrees_with_float32(image):
     assert (fast - exact).abs().max() <= 0.02
     assert (fast.argmax(1) == exact.argmax(1)).float().mean() >= 0.99
     assert exact.max(1).values.mean() > 0.4  # the check is not on near-uniform outputs
+
+
+def test_auto_precision_checked_on_first_regions(image, monkeypatch):
+    """"auto" keeps its fast dtype only when the first regions agree with float32."""
+    import detect.detector as mod
+
+    exact = Detector([tiny_member(0)], CLASSES, make_config()).score_regions(image, BOXES)
+    det = Detector([tiny_member(0)], CLASSES, make_config(precision="auto"))
+    det.dtype, det._check_fast = torch.bfloat16, True  # as on a CPU with native bfloat16
+    torch.testing.assert_close(det.score_regions(image, BOXES), exact, atol=0.02, rtol=0)
+    assert det.dtype == torch.bfloat16 and det.fast_check["regions"] == 5
+    assert det.fast_check["max_abs_diff"] <= 0.02 and det.fast_check["same_top_class"]
+    monkeypatch.setattr(mod, "FAST_MAX_DIFF", -1.0)  # nothing agrees: must fall back
+    det = Detector([tiny_member(0)], CLASSES, make_config(precision="auto"))
+    det.dtype, det._check_fast = torch.bfloat16, True
+    with pytest.warns(UserWarning, match="float32"):
+        probs = det.score_regions(image, BOXES)
+    assert det.dtype is None
+    torch.testing.assert_close(probs, exact, atol=1e-6, rtol=0)
