@@ -43,7 +43,7 @@ MAX_MODEL_BYTES = 15 * 1024 * 1024
 EXAMPLE_IMAGES = ["test_01000.jpg", "test_01001.jpg", "test_01002.jpg", "test_01003.jpg", "test_01004.jpg"]
 
 # Scene counts and step settings; --quick shrinks everything to dry-run size.
-FULL = {"train": 500, "val": 50, "test": 300, "fmnist_limit": None, "members": 3,
+FULL = {"train": 400, "val": 40, "test": 300, "fmnist_limit": None, "members": 3,
         "classifier": [], "multibox": [], "detector": []}
 QUICK = {"train": 24, "val": 6, "test": 12, "fmnist_limit": 300, "members": 3,
          "classifier": ["train.epochs=1"], "multibox": ["train.epochs=1", "model.num_priors=64"],
@@ -142,10 +142,16 @@ class Build:
         self.report["map_voc12_test"] = results
 
     def recall(self) -> None:
-        out = self.work / "eval" / "recall.json"
-        self.run([*DETECT, "eval", "--recall", "--data", self.path("scenes"), "--split", "test",
-                  "--proposals", self.path("proposals"), "--json", str(out)])
-        self.report["recall_test"] = json.loads(out.read_text())
+        """Recall of the merged cache (its rows: selective search, MultiBox after the merge's
+        de-duplication, merged) and of MultiBox alone (a cache with selective search off)."""
+        self.run([*DETECT, "proposals", "--data", self.path("scenes"), "--split", "test",
+                  "--config", "configs/demo_proposals.yaml", "--out", self.path("proposals_multibox"),
+                  "selective_search.enabled=false", f"multibox.model={self.path('multibox')}"])
+        for name, cache in (("merged_cache", "proposals"), ("multibox_alone", "proposals_multibox")):
+            out = self.work / "eval" / f"recall_{name}.json"
+            self.run([*DETECT, "eval", "--recall", "--data", self.path("scenes"), "--split", "test",
+                      "--proposals", self.path(cache), "--json", str(out)])
+            self.report.setdefault("recall_test", {})[name] = json.loads(out.read_text())["sources"]
 
     def install(self) -> None:
         if not self.install_model:
@@ -236,19 +242,24 @@ def install_default_model(run: Path, dest: Path) -> int:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--work", default=None, help="work folder (default runs/demo, or runs/demo_quick with --quick)")
+    parser.add_argument("--work", default=None, help="work folder (default runs/demo_build, or runs/demo_build_quick with --quick)")
     parser.add_argument("--quick", action="store_true", help="tiny data and 1 epoch per step: a dry run")
     parser.add_argument("--fresh", action="store_true", help="delete the work folder first")
     parser.add_argument("--device", default="auto", help="cpu, cuda or auto")
     parser.add_argument("--no-install", dest="install", action="store_false",
                         help="leave detect/default_model/ alone (default with --quick)")
     parser.add_argument("--only", nargs="*", default=None, help="run only these steps (names as listed above)")
+    for split in ("train", "val", "test"):
+        parser.add_argument(f"--{split}", type=int, default=None,
+                            help=f"number of {split} scenes (default {FULL[split]}; --quick {QUICK[split]})")
     args = parser.parse_args(argv)
-    work = Path(args.work or ("runs/demo_quick" if args.quick else "runs/demo"))
+    work = Path(args.work or ("runs/demo_build_quick" if args.quick else "runs/demo_build"))
     work = work if work.is_absolute() else ROOT / work
     if args.fresh:
         shutil.rmtree(work, ignore_errors=True)
-    build = Build(work, QUICK if args.quick else FULL, args.device, args.install and not args.quick)
+    settings = dict(QUICK if args.quick else FULL)
+    settings.update({s: getattr(args, s) for s in ("train", "val", "test") if getattr(args, s) is not None})
+    build = Build(work, settings, args.device, args.install and not args.quick)
     steps = ["prepare", "classifier", "scenes", "multibox", "proposals", "detector", "evaluate",
              "recall", "install", "smoke"]
     for name in steps:
