@@ -321,7 +321,7 @@ def _train(cfg: ClassifierConfig, data_dir: Path, out_dir: Path, resume: bool,
         loss = train_one_epoch(net, ema, train_loader, optimizer, t, epoch, info.device, scaler, info.is_main)
         raw = evaluate(model, val_loader, info.device, channels_last)
         avg = evaluate(ema.module, val_loader, info.device, channels_last)
-        record = {"epoch": epoch + 1, "lr": learning_rate(t, epoch), "train_loss": loss,
+        record = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"], "train_loss": loss,
                   "val_top1": raw["top1"], "val_top5": raw["top5"],
                   "val_top1_avg": avg["top1"], "val_top5_avg": avg["top5"],
                   "seconds": round(time.perf_counter() - tick, 1)}
