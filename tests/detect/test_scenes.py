@@ -168,3 +168,28 @@ def test_examples_parse_with_load_dataset():
         assert len(record.boxes) >= 1
         assert Image.open(record.path).size == (record.width, record.height)
         assert (record.boxes[:, 2] <= record.width).all() and (record.boxes[:, 3] <= record.height).all()
+
+
+def test_build_demo_installs_only_the_model_files(tmp_path):
+    spec = importlib.util.spec_from_file_location("build_demo", ROOT / "tools" / "build_demo.py")
+    bd = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bd)
+    run = tmp_path / "detector"
+    (run / "members" / "0").mkdir(parents=True)
+    (run / "multibox").mkdir()
+    (run / "train").mkdir()
+    (run / "detector.json").write_text('{"classes": ["a"], "members": ["members/0"], "multibox": "multibox"}')
+    (run / "detector.yaml").write_text("{}\n")
+    for f in ("members/0/model.safetensors", "members/0/model.json", "multibox/model.safetensors",
+              "multibox/multibox.json", "multibox/checkpoint.pt", "multibox/log.jsonl", "train/member_0.pt"):
+        (run / f).write_bytes(b"x" * 10)
+    dest = tmp_path / "pkg" / "default_model"
+    size = bd.install_default_model(run, dest)
+    installed = sorted(str(p.relative_to(dest)) for p in dest.rglob("*") if p.is_file())
+    assert installed == ["detector.json", "detector.yaml", "members/0/model.json",
+                         "members/0/model.safetensors", "multibox/model.safetensors", "multibox/multibox.json"]
+    assert size == sum((dest / f).stat().st_size for f in installed)
+    (run / "members" / "0" / "model.safetensors").write_bytes(b"x" * (bd.MAX_MODEL_BYTES + 1))
+    with pytest.raises(SystemExit, match="15 MB"):
+        bd.install_default_model(run, dest)
+    assert (dest / "detector.json").is_file()  # the previous install is kept
