@@ -154,12 +154,13 @@ def classification_loss(out: Tensor | GoogLeNetOutputs, labels: Tensor, aux_weig
 def train_one_epoch(model: nn.Module, ema: ModelEMA, loader: DataLoader, optimizer: torch.optim.Optimizer,
                     cfg: TrainConfig, epoch: int, device: torch.device, scaler: torch.amp.GradScaler,
                     show_progress: bool = True) -> float:
-    """One pass over `loader`; returns the mean training loss over all processes."""
+    """One pass over `loader`; returns the mean training objective (main loss plus the weighted
+    auxiliary losses) over all processes."""
     model.train()
     use_amp = cfg.amp and device.type == "cuda"
     channels_last = cfg.channels_last and device.type == "cuda"
     world = torch.distributed.get_world_size() if dist_utils.is_distributed() else 1
-    total, count = torch.zeros(2, dtype=torch.float64), 0
+    total = torch.zeros(2, dtype=torch.float64)  # loss x images, images
     bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not show_progress,
                leave=False, dynamic_ncols=True)
     tick = time.perf_counter()
@@ -181,7 +182,6 @@ def train_one_epoch(model: nn.Module, ema: ModelEMA, loader: DataLoader, optimiz
         ema.update(model)
         total[0] += loss.item() * len(labels)
         total[1] += len(labels)
-        count += 1
         now = time.perf_counter()
         bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{lr:.2e}",
                         img_s=f"{len(labels) * world / max(now - tick, 1e-9):.0f}")
