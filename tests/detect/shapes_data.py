@@ -82,3 +82,34 @@ def make_shapes_dataset(root: str | Path, splits: dict[str, int], size: int = 11
         atomic_write_text(root / "ImageSets" / "Main" / f"{split}.txt", "\n".join(keys) + "\n")
     atomic_write_text(root / "classes.txt", "\n".join(CLASSES) + "\n")
     return root
+
+
+def small_image_proposals() -> "ProposalConfig":
+    """Selective search as the paper's (fast, 2x superpixels) but on the image as it is."""
+    from proposals import ProposalConfig, SelectiveSearchConfig
+
+    return ProposalConfig(selective_search=SelectiveSearchConfig(resize_width=0, min_size=10), min_size=10)
+
+
+def make_init_classifier(run_dir: str | Path, width: float = 0.125, input_size: int = 64,
+                         seed: int = 0) -> Path:
+    """A randomly initialised classifier run, as `train-classifier` would leave one.
+
+    He-normal weights and zero biases: without BatchNorm, the paper's Caffe initialisation
+    leaves a 22-layer network nearly constant at the start, which a few hundred SGD steps on
+    a CPU cannot get out of; He's keeps the activations' scale through the depth.
+    """
+    from torch import nn
+
+    from backbone.models import ModelMeta, build_model, save_classifier
+
+    torch.manual_seed(seed)
+    model = build_model("googlenet", 10, width=width)
+    for m in model.modules():
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
+            nn.init.zeros_(m.bias)
+    meta = ModelMeta("googlenet", 10, [f"c{i}" for i in range(10)], width=width, input_size=input_size,
+                     mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
+    save_classifier(run_dir, model, meta)
+    return Path(run_dir)
