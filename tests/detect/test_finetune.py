@@ -1,0 +1,141 @@
+"""R-CNN fine-tuning: the loss falls, resume equals a straight run, the run folder loads, the CLI,
+the non-finite guard, and a 2-process gloo run equal to the single-process one."""
+import json
+import os
+import socket
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from backbone.config import load_config
+from backbone.errors import InputError
+from backbone.io import load_image, load_weights
+from detect.config import DetectorConfig
+from detect.data import load_dataset
+from detect.finetune import init_member, make_crops, prepare_regions, train_detector
+from detect.regions import to_tensor
+from detect.sampling import sample_minibatch
+from proposals import ProposalCache, compute_proposals
+from shapes_data import make_init_classifier, make_shapes_dataset, small_image_proposals
+
+# 4 images, 2 per step: 2 steps per epoch of 16 regions (4 foreground) at width 0.125, crop 64.
+TINY = ["finetune.workers=0", "finetune.batch_regions=16", "finetune.fg_per_batch=4",
+        "finetune.images_per_batch=2", "finetune.dropout=0.0", "finetune.lr=0.01", "finetune.threads=1"]
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    torch.set_num_threads(1)  # a busy 2-core machine: more threads only fight
+    root = tmp_path_factory.mktemp("finetune")
+    data = make_shapes_dataset(root / "data", {"train": 4, "val": 2}, size=96, seed=3)
+    train, val = load_dataset(data, "train"), load_dataset(data, "val")
+    items = [(r.key, r.path) for r in train.images + val.images]
+    compute_proposals(items, small_image_proposals(), root / "cache", workers=1, progress=False)
+    init = make_init_classifier(root / "init", width=0.125, input_size=64)
+    return {"root": root, "data": data, "train": train, "val": val, "cache": root / "cache", "init": init}
+
+
+def _cfg(*extra: str) -> DetectorConfig:
+    return load_config(DetectorConfig, None, [*TINY, *extra])
+
+
+def _member_weights(run, i: int = 0) -> dict:
+    return load_weights(run / "members" / str(i) / "model.safetensors")
+
+
+def _fixed_batch_loss(model, meta, s) -> float:
+    """Eval-mode loss on a fixed draw of regions from the training images."""
+    cfg = _cfg()
+    _, regions, _ = prepare_regions(s["train"], ProposalCache(s["cache"]), cfg.finetune)
+    samples = sample_minibatch(regions, [0, 1, 2, 3], 64, 16, False, seed=99, epoch=0, step=0)
+    images = {i: to_tensor(load_image(s["train"].images[i].path), meta.mean, meta.std) for i in range(4)}
+    x, y = make_crops(images, samples, 64, 16)
+    with torch.no_grad():
+        return F.cross_entropy(model.eval()(x), y).item()
+
+
+def test_loss_falls_and_run_loads(setup):
+    s = setup
+    out = train_detector(_cfg("finetune.epochs=4"), s["train"], None, s["cache"], s["init"],
+                         s["root"] / "run_loss", members=1, device="cpu")
+    log = [json.loads(line) for line in (out / "train" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in log] == [1, 2, 3, 4] and all(r["steps"] == 2 for r in log)
+    from detect.detector import Detector
+    det = Detector.load(out, device="cpu")
+    model, meta = det.members[0]
+    assert meta.classes == ["__background__", "disc", "square", "triangle"]
+    assert meta.extra["task"] == "region_classifier" and meta.input_size == 64
+    before, _ = init_member(s["init"], s["train"].classes, seed=0, dropout=0.0)
+    assert _fixed_batch_loss(model, meta, s) < 0.8 * _fixed_batch_loss(before, meta, s)
+    # the proposal settings the cache was made with travel with the run
+    assert det.config.proposals.selective_search.resize_width == 0
+
+
+def test_resume_gives_the_same_weights_as_straight(setup):
+    s = setup
+    straight = train_detector(_cfg("finetune.epochs=2"), s["train"], None, s["cache"], s["init"],
+                              s["root"] / "straight", members=2, device="cpu")
+    part = s["root"] / "resumed"
+    train_detector(_cfg("finetune.epochs=1"), s["train"], None, s["cache"], s["init"], part,
+                   members=2, device="cpu")
+    with pytest.raises(InputError, match="--resume"):
+        train_detector(_cfg("finetune.epochs=2"), s["train"], None, s["cache"], s["init"], part,
+                       members=2, device="cpu")
+    train_detector(_cfg("finetune.epochs=2"), s["train"], None, s["cache"], s["init"], part,
+                   members=2, resume=True, device="cpu")
+    for i in range(2):
+        a, b = _member_weights(straight, i), _member_weights(part, i)
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    # members differ by seed
+    m0, m1 = _member_weights(straight, 0), _member_weights(straight, 1)
+    assert not torch.equal(m0["fc.weight"], m1["fc.weight"])
+    assert json.loads((straight / "detector.json").read_text())["members"] == ["members/0", "members/1"]
+
+
+def test_non_finite_loss_stops_training(setup):
+    s = setup
+    with pytest.raises(FloatingPointError, match="non-finite loss"):
+        train_detector(_cfg("finetune.epochs=1", "finetune.lr=1.0e+30", "finetune.momentum=0.0"),
+                       s["train"], None, s["cache"], s["init"], s["root"] / "nan", members=1, device="cpu")
+
+
+def test_cli_with_validation_map(setup, capsys):
+    from detect.cli import main
+    s, out = setup, setup["root"] / "cli_run"
+    main(["train-detector", "--data", str(s["data"]), "--split", "train", "--val-split", "val",
+          "--proposals", str(s["cache"]), "--init", str(s["init"]), "--out", str(out),
+          "--members", "1", "--device", "cpu", "finetune.epochs=1", *TINY])
+    assert "detector saved in" in capsys.readouterr().out
+    record = json.loads((out / "train" / "metrics.jsonl").read_text().splitlines()[0])
+    assert 0.0 <= record["val_mAP"] <= 1.0
+    assert (out / "detector.yaml").is_file() and (out / "members" / "0" / "model.json").is_file()
+    with pytest.raises(SystemExit) as e:  # a bad override: one-line error, exit status 2
+        main(["train-detector", "--data", str(s["data"]), "--proposals", str(s["cache"]), "--init",
+              str(s["init"]), "--out", str(out / "x"), "finetune.epochz=1"])
+    assert e.value.code == 2 and "epochz" in capsys.readouterr().err
+
+
+def _ddp_worker(rank: int, port: int, args: tuple) -> None:
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2",
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    cfg, train, cache, init, out = args
+    train_detector(cfg, train, None, cache, init, out, members=1, device="cpu")
+
+
+def test_two_process_gloo_run_matches_one_process(setup):
+    import torch.multiprocessing as mp
+    s = setup
+    cfg = _cfg("finetune.epochs=1")
+    single = train_detector(cfg, s["train"], None, s["cache"], s["init"], s["root"] / "one", members=1,
+                            device="cpu")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    two = s["root"] / "two"
+    # fork: the workers inherit the imports (a spawned one would spend ~10 s importing torch)
+    mp.start_processes(_ddp_worker, args=(port, (cfg, s["train"], s["cache"], s["init"], two)), nprocs=2,
+                       start_method="fork")
+    a, b = _member_weights(single), _member_weights(two)
+    assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-5, rtol=1e-4) for k in a)
