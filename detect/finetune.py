@@ -128,8 +128,7 @@ def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, paths: l
     steps = epoch_batches(len(paths), ft.images_per_batch, seed, epoch)
     device = dist.device
     amp = device.type == "cuda" and ft.amp
-    totals = torch.zeros(4, dtype=torch.float64)  # loss sum, regions, correct, fg correct
-    fg_total = 0
+    totals = torch.zeros(5, dtype=torch.float64)  # loss sum, regions, correct, fg regions, fg correct
     model.train()
     start = time.perf_counter()
     bar = tqdm(_loader(paths, steps, dist, ft.workers), total=len(steps), desc=desc,
@@ -152,19 +151,17 @@ def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, paths: l
         loss.backward()
         optimizer.step()
         with torch.no_grad():
-            correct = logits.argmax(1) == y
-            totals += torch.tensor([loss_sum.item(), len(y), correct.sum().item(),
-                                    correct[y > 0].sum().item()], dtype=torch.float64)
-            fg_total += int((y > 0).sum())
+            correct, fg = logits.argmax(1) == y, y > 0
+            totals += torch.tensor([loss_sum.item(), len(y), correct.sum().item(), fg.sum().item(),
+                                    correct[fg].sum().item()], dtype=torch.float64)
         bar.set_postfix(loss=f"{loss_sum.item() / max(len(y), 1):.3f}",
                         lr=f"{optimizer.param_groups[0]['lr']:.2g}")
     bar.close()
-    totals = torch.cat([totals, torch.tensor([float(fg_total)], dtype=torch.float64)])
     totals = all_reduce_sum(totals.to(device)).cpu()
     seconds = time.perf_counter() - start
     n = max(totals[1].item(), 1.0)
     return {"loss": totals[0].item() / n, "accuracy": totals[2].item() / n,
-            "fg_accuracy": totals[3].item() / max(totals[4].item(), 1.0),
+            "fg_accuracy": totals[4].item() / max(totals[3].item(), 1.0),
             "regions_per_s": totals[1].item() / seconds, "steps": len(steps), "seconds": seconds}
 
 
