@@ -12,6 +12,7 @@ file names, so any string (with slashes too) is a key.
 """
 from __future__ import annotations
 
+import contextlib
 import multiprocessing as mp
 import os
 import time
@@ -127,11 +128,30 @@ def _run(todo: list[tuple[str, str]], config: ProposalConfig, root: Path,
         yield from map(_compute_one, todo)
         return
     # fork where the OS has it (as torch's DataLoader does): workers start in milliseconds
-    # with everything imported, and a caller's script needs no `if __name__ == "__main__"`.
-    # Nothing heavy runs in this process before the fork; workers set one thread each.
+    # with everything imported (forkserver/spawn re-import torch and OpenCV: seconds), and a
+    # caller's script needs no `if __name__ == "__main__"` guard.
     ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
-    with ctx.Pool(min(workers, len(todo)), initializer=_init_worker, initargs=args) as pool:
+    with _one_opencv_thread(), ctx.Pool(min(workers, len(todo)), initializer=_init_worker,
+                                        initargs=args) as pool:
         yield from pool.imap_unordered(_compute_one, todo, chunksize=1)
+
+
+@contextlib.contextmanager
+def _one_opencv_thread() -> Iterator[None]:
+    """Shrink OpenCV's thread pool to one thread while forking, then restore it.
+
+    A child forked while this process holds a multi-thread OpenCV pool (from any earlier
+    OpenCV call) inherits a pool whose threads do not exist and hangs in its first parallel
+    OpenCV call (measured: selective search in the parent, then a forked worker never ends).
+    """
+    import cv2
+
+    threads = cv2.getNumThreads()
+    cv2.setNumThreads(1)
+    try:
+        yield
+    finally:
+        cv2.setNumThreads(threads)
 
 
 def compute_proposals(items: Sequence[tuple[str, str | Path]], config: ProposalConfig,

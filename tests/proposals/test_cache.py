@@ -1,5 +1,8 @@
 """The proposal cache: atomic per-image entries, resumable runs, bad images skipped, shards."""
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -94,6 +97,22 @@ def test_worker_processes_match_one_process(tmp_path):
     assert missing == ["nope"] and len(found_two) == 4
     for (k1, b1, s1), (k2, b2, s2) in zip(found_one, found_two):
         assert k1 == k2 and torch.equal(b1, b2) and torch.equal(s1, s2)
+
+
+def test_workers_do_not_hang_after_opencv_ran_in_the_parent(tmp_path):
+    """A forked worker inherits OpenCV's thread pool; a busy pool used to hang the worker."""
+    items = _images(tmp_path / "images", n=2)
+    script = (
+        "import sys, numpy as np\n"
+        "from proposals import ProposalConfig, SelectiveSearchConfig, compute_proposals, selective_search\n"
+        "selective_search(np.random.default_rng(0).integers(0, 255, (200, 300, 3), dtype=np.uint8))\n"
+        "cfg = ProposalConfig(selective_search=SelectiveSearchConfig(mode='single', resize_width=0))\n"
+        f"items = {[(k, str(p)) for k, p in items]!r}\n"
+        "print(compute_proposals(items, cfg, sys.argv[1], workers=2, progress=False)['done'])\n")
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    result = subprocess.run([sys.executable, "-c", script, str(tmp_path / "c")], env=env,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and result.stdout.split() == ["2"], result.stderr
 
 
 def test_shards_cover_everything_once(tmp_path):
