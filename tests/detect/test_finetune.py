@@ -139,3 +139,18 @@ def test_two_process_gloo_run_matches_one_process(setup):
                        start_method="fork")
     a, b = _member_weights(single), _member_weights(two)
     assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-5, rtol=1e-4) for k in a)
+
+
+def test_torchvision_architecture_member(setup):
+    from backbone.models import ModelMeta, build_model, save_classifier
+    from detect.detector import Detector
+    s = setup
+    init = s["root"] / "tv_init"
+    save_classifier(init, build_model("torchvision_googlenet", 10),
+                    ModelMeta("torchvision_googlenet", 10, [f"c{i}" for i in range(10)], input_size=64))
+    out = train_detector(_cfg("finetune.epochs=1"), s["train"], None, s["cache"], init, s["root"] / "tv_run",
+                         members=1, device="cpu")
+    det = Detector.load(out, device="cpu")
+    assert det.members[0][1].arch == "torchvision_googlenet"
+    scores = det.score_regions(s["train"].images[0].path, s["train"].images[0].boxes)
+    assert scores.shape == (len(s["train"].images[0].boxes), 4)
