@@ -17,8 +17,23 @@ from PIL import Image, ImageOps
 
 from backbone.errors import InputError
 
-# Refuse images whose header claims more pixels than this before decoding them.
+# Refuse images whose header claims more pixels than this before decoding them. The
+# environment variable DETECT_MAX_PIXELS sets it for every command (read at each call).
 DEFAULT_MAX_PIXELS = 100_000_000
+# Our check replaces PIL's decompression-bomb guard, so the limit above is the one in force
+# (PIL would refuse anything over 179 M pixels whatever limit the user set).
+Image.MAX_IMAGE_PIXELS = None
+
+
+def max_pixels_limit() -> int:
+    """DETECT_MAX_PIXELS if set (an integer), else DEFAULT_MAX_PIXELS."""
+    value = os.environ.get("DETECT_MAX_PIXELS", "").strip()
+    if not value:
+        return DEFAULT_MAX_PIXELS
+    try:
+        return int(float(value))
+    except ValueError:
+        raise InputError("DETECT_MAX_PIXELS", f"must be a number of pixels, got {value!r}") from None
 
 
 @contextlib.contextmanager
@@ -86,13 +101,14 @@ def _to_uint8_rgb(img: Image.Image) -> np.ndarray:
 
 
 def load_image(image: "str | Path | np.ndarray | Image.Image",
-               max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+               max_pixels: int | None = None) -> np.ndarray:
     """Read an image as an RGB uint8 array `[H, W, 3]`.
 
     Accepts a path, a PIL image or an array (H×W×3 uint8 RGB, or H×W grayscale). EXIF
     orientation is applied (the image comes out as viewers show it); alpha is composited on
     white; grayscale and 16-bit images are converted. An image whose header claims more than
-    `max_pixels` pixels is refused before decoding. Raises InputError naming the file.
+    `max_pixels` pixels (default: `max_pixels_limit()`) is refused before decoding. Raises
+    InputError naming the file.
     """
     if isinstance(image, np.ndarray):
         return _check_array(image)
@@ -101,12 +117,13 @@ def load_image(image: "str | Path | np.ndarray | Image.Image",
     path = Path(image)
     if not path.is_file():
         raise InputError(path, "image file not found")
+    max_pixels = max_pixels_limit() if max_pixels is None else max_pixels
     try:
         with Image.open(path) as img:
             w, h = img.size
             if w * h > max_pixels:
                 raise InputError(path, f"image is {w}x{h} = {w * h} pixels, above the limit "
-                                       f"of {max_pixels} (raise max_pixels to allow it)")
+                                       f"of {max_pixels} (set DETECT_MAX_PIXELS to allow it)")
             if w < 1 or h < 1:
                 raise InputError(path, f"image has no pixels ({w}x{h})")
             img.load()
@@ -117,6 +134,13 @@ def load_image(image: "str | Path | np.ndarray | Image.Image",
         raise InputError(path, f"image too large: {e}") from None
     except (OSError, SyntaxError, ValueError) as e:
         raise InputError(path, f"cannot read image: {e}") from None
+
+
+def oriented_size(img: Image.Image) -> tuple[int, int]:
+    """(width, height) of an opened image as viewers show it, from the header alone: EXIF
+    orientations 5-8 turn it by 90 degrees (as `load_image` does), swapping the sides."""
+    w, h = img.size
+    return (h, w) if img.getexif().get(0x0112) in (5, 6, 7, 8) else (w, h)
 
 
 def _check_array(arr: np.ndarray) -> np.ndarray:

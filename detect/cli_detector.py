@@ -85,6 +85,8 @@ def run(images, image_dir, model, out, device, score_threshold, overrides) -> No
     for item in skipped:
         click.echo(f"  {item['file']}: {item['error']}", err=True)
     if skipped:
+        if not done and len(skipped) == 1:  # one image: its own problem is the error
+            raise InputError(skipped[0]["file"], skipped[0]["error"])
         if not done:
-            raise InputError(None, "no image could be read")
+            raise InputError(None, f"none of the {len(skipped)} images could be read (listed above)")
         raise SystemExit(1)

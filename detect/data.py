@@ -29,7 +29,7 @@ from PIL import Image
 from torch import Tensor
 
 from backbone.errors import InputError
-from backbone.io import atomic_write_bytes, atomic_write_json
+from backbone.io import atomic_write_bytes, atomic_write_json, oriented_size
 
 # A box this many pixels outside its image is clipped (and counted); further out is an error.
 CLIP_TOLERANCE = 1.0
@@ -254,7 +254,7 @@ def _image_size(image: Path, xml: Path) -> tuple[int, int]:
     """Width and height from the image header, for an annotation without <size>."""
     try:
         with Image.open(image) as img:
-            return img.size
+            return oriented_size(img)
     except (OSError, ValueError):
         raise InputError(xml, f"no <size> in the annotation and its image {image} cannot be read") from None
 

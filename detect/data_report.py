@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from backbone.io import oriented_size
 from detect.data import DetectionDataset
 
 # Box size buckets on sqrt(area) in pixels, the COCO small / medium / large split.
@@ -81,7 +82,7 @@ def _image_file_problems(rec) -> list[str]:
         return [f"{rec.key}: image file {path} not found"]
     try:
         with Image.open(path) as img:
-            size = img.size
+            size = oriented_size(img)  # boxes are in the frame viewers show (EXIF applied)
     except (OSError, ValueError) as e:
         return [f"{rec.key}: image file {path} cannot be read ({e})"]
     if size != (rec.width, rec.height):

@@ -1,0 +1,289 @@
+"""Every command against broken input: one line naming the file and the problem, exit status 2,
+no traceback -- or, for what is documented as handled (alpha, gray, 16-bit, EXIF, 1x1 images,
+an annotation without <size>), a normal run. Batch commands skip bad images, list them at the
+end and keep every good result (exit status 1).
+
+Everything is tiny: width-1/8 networks at 32-64 px, one-strategy selective search on 48 px
+images, one training epoch over a few images.
+"""
+from __future__ import annotations
+
+import io
+import json
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from backbone.errors import InputError
+from backbone.io import load_image, save_weights
+from backbone.models import ModelMeta, build_model, save_classifier
+from detect.cli import main
+from detect.config import DetectorConfig
+from detect.data import write_voc
+from detect.detector import save_detector_run
+
+SIZE = 48
+FAST_PROPOSALS = ["selective_search.mode=single", "selective_search.resize_width=0",
+                  "selective_search.min_size=4", "min_size=4", "selective_search.max_boxes=10"]
+RUN_PROPOSALS = [f"proposals.{o}" for o in FAST_PROPOSALS] + ["inference.precision=float32"]
+TINY_TRAIN = ["model.width=0.125", "model.input_size=32", "train.batch_size=2", "train.epochs=1",
+              "train.workers=0", "train.threads=1", "train.eval_batch_size=4"]
+
+
+def invoke(capsys, *argv: str) -> tuple[int, str, str]:
+    """Run `detect ARGV` in-process as the console script does: (exit status, stdout, stderr)."""
+    try:
+        main([str(a) for a in argv])
+        code = 0
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else 1
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def assert_one_line_error(result: tuple[int, str, str], *words: str) -> None:
+    """Exit 2, no traceback, the last stderr line an `error:` naming every word given."""
+    code, out, err = result
+    assert code == 2, (code, out, err)
+    assert "Traceback" not in err + out
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("error: ") or last.startswith("Error: "), err
+    for word in words:
+        assert word in last, (word, last)
+
+
+# ----------------------------------------------------------------------------- the images
+
+
+def scene(seed: int = 0, size: int = SIZE) -> np.ndarray:
+    """A noisy background with two flat rectangles (something for selective search)."""
+    rng = np.random.default_rng(seed)
+    img = rng.integers(90, 140, (size, size, 3), dtype=np.uint8)
+    img[5:25, 4:24] = (230, 30, 30)
+    img[24:44, 26:44] = (20, 40, 220)
+    return img
+
+
+def _jpeg(pixels: np.ndarray, exif: bytes | None = None) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, format="JPEG", quality=90, **({"exif": exif} if exif else {}))
+    return buf.getvalue()
+
+
+def _png(img: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _huge_png_header(width: int = 30000, height: int = 30000) -> bytes:
+    """A PNG whose header claims width x height but which holds almost no data."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 16)) \
+        + chunk(b"IEND", b"")
+
+
+def _exif_rotated() -> bytes:
+    """Stored 48 wide x 24 high with orientation 6: viewers show it 24 wide x 48 high."""
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    return _jpeg(scene()[:24], exif.tobytes())
+
+
+def _sixteen_bit() -> bytes:
+    return _png(Image.fromarray((scene()[:, :, 0].astype(np.uint16) * 257)))
+
+
+# name -> (file name, bytes, None when handled, else words of the expected error)
+IMAGE_CASES = {
+    "truncated_jpeg": ("truncated.jpg", lambda: _jpeg(scene())[:400], ["cannot read image"]),
+    "text_as_jpeg": ("text.jpg", lambda: b"this is not an image\n", ["cannot read image"]),
+    "huge_header": ("huge.png", _huge_png_header, ["30000x30000"]),
+    "png_alpha": ("alpha.png", lambda: _png(Image.fromarray(scene()).convert("RGBA")), None),
+    "grayscale": ("gray.png", lambda: _png(Image.fromarray(scene()).convert("L")), None),
+    "png_16_bit": ("deep.png", _sixteen_bit, None),
+    "one_pixel": ("dot.png", lambda: _png(Image.new("RGB", (1, 1), (200, 10, 10))), None),
+    "exif_rotated": ("rotated.jpg", _exif_rotated, None),
+}
+
+
+def write_case(folder: Path, case: str) -> Path:
+    name, make, _ = IMAGE_CASES[case]
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / name).write_bytes(make())
+    return folder / name
+
+
+def test_handled_images_load_as_documented(tmp_path):
+    """The handled cases by hand: what `load_image` gives every command."""
+    alpha = Image.fromarray(scene()).convert("RGBA")
+    alpha.putpixel((0, 0), (0, 0, 0, 0))  # fully transparent: white, not its stored black
+    alpha.save(tmp_path / "a.png")
+    assert load_image(tmp_path / "a.png")[0, 0].tolist() == [255, 255, 255]
+    gray = load_image(write_case(tmp_path, "grayscale"))
+    assert gray.shape == (SIZE, SIZE, 3) and (gray[..., 0] == gray[..., 2]).all()
+    deep = load_image(write_case(tmp_path, "png_16_bit"))
+    assert deep.dtype == np.uint8 and (deep[..., 0] == scene()[..., 0]).all()  # v * 257 -> v
+    assert load_image(write_case(tmp_path, "exif_rotated")).shape == (48, 24, 3)  # as viewers show it
+    assert load_image(write_case(tmp_path, "one_pixel")).shape == (1, 1, 3)
+
+
+def test_pixel_limit_is_checked_before_decoding_and_configurable(tmp_path, monkeypatch, capsys):
+    huge = write_case(tmp_path, "huge_header")  # 2.7 GB of pixels if it were decoded
+    with pytest.raises(InputError, match="30000x30000 = 900000000 pixels, above the limit"):
+        load_image(huge)
+    path = write_case(tmp_path, "grayscale")
+    with pytest.raises(InputError, match="above the limit of 1000"):
+        load_image(path, max_pixels=1000)
+    monkeypatch.setenv("DETECT_MAX_PIXELS", "1000")
+    with pytest.raises(InputError, match="above the limit of 1000"):
+        load_image(path)
+
+
+# ----------------------------------------------------------------------------- tiny models
+
+
+def tiny_classifier(run: Path, classes: list[str], width: float = 0.125, seed: int = 0) -> Path:
+    torch.manual_seed(seed)
+    model = build_model("googlenet", len(classes), width=width, aux_logits=False, dropout=0.0)
+    save_classifier(run, model, ModelMeta("googlenet", len(classes), classes, width=width, input_size=32))
+    return run
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory) -> dict[str, Path]:
+    """Good and broken classifier and detector runs."""
+    root = tmp_path_factory.mktemp("models")
+    good = tiny_classifier(root / "cls", ["c0", "c1"])
+    nan = tiny_classifier(root / "nan", ["c0", "c1"])
+    state = {k: v.clone() for k, v in build_model("googlenet", 2, width=0.125, aux_logits=False).state_dict().items()}
+    state["fc.weight"][0, 0] = float("nan")
+    save_weights(nan / "model.safetensors", state)
+    classes3 = tiny_classifier(root / "classes3", ["c0", "c1", "c2"])
+    meta = json.loads((classes3 / "model.json").read_text())  # weights of 3 classes, says 2
+    (classes3 / "model.json").write_text(json.dumps(dict(meta, num_classes=2, classes=["c0", "c1"])))
+    other_width = tiny_classifier(root / "width", ["c0", "c1"], width=0.25)
+    meta = json.loads((other_width / "model.json").read_text())
+    (other_width / "model.json").write_text(json.dumps(dict(meta, width=0.125)))
+    other_arch = tiny_classifier(root / "arch", ["c0", "c1"])
+    meta = json.loads((other_arch / "model.json").read_text())
+    (other_arch / "model.json").write_text(json.dumps(dict(meta, arch="torchvision_googlenet", width=1.0)))
+    broken_meta = tiny_classifier(root / "meta", ["c0", "c1"])
+    (broken_meta / "model.json").write_text(json.dumps({"arch": "googlenet", "width": "wide"}))
+
+    cfg = DetectorConfig()
+    cfg.inference.precision = "float32"
+    torch.manual_seed(0)
+    member = build_model("googlenet", 3, width=0.125, aux_logits=False, dropout=0.0).eval()
+    det_meta = ModelMeta("googlenet", 3, ["bg", "a", "b"], width=0.125, input_size=32)
+    save_detector_run(root / "det", [(member, det_meta)], cfg, ["a", "b"])
+    save_detector_run(root / "det_nan", [(member, det_meta)], cfg, ["a", "b"])
+    save_weights(root / "det_nan" / "members" / "0" / "model.safetensors", state)  # NaN, 2 outputs
+    return {"cls": good, "nan": nan, "classes3": classes3, "width": other_width, "arch": other_arch,
+            "meta": broken_meta, "det": root / "det", "det_nan": root / "det_nan"}
+
+
+# ----------------------------------------------------------------------------- image x command
+
+
+def voc_with(root: Path, image: Path | None) -> Path:
+    """A VOC set of one good image `good.png` (and `image`, if given), one box each."""
+    img_dir = root / "JPEGImages"
+    img_dir.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(scene(1)).save(img_dir / "good.png")
+    box, label = torch.tensor([[4.0, 5.0, 24.0, 25.0]]), torch.tensor([1])
+    write_voc(root, "good", (SIZE, SIZE), box, label, ["thing"], filename="good.png")
+    if image is not None:
+        (img_dir / image.name).write_bytes(image.read_bytes())
+        try:  # annotated as viewers show it (EXIF applied)
+            h, w = load_image(image).shape[:2]
+        except InputError:
+            h = w = SIZE
+        box = torch.tensor([[0.0, 0.0, min(w, 20), min(h, 20)]])
+        write_voc(root, image.stem, (w, h), box, label, ["thing"], filename=image.name)
+    return root
+
+
+@pytest.mark.parametrize("case", list(IMAGE_CASES))
+def test_image_cases_through_every_command(case, models, tmp_path, capsys):
+    image = write_case(tmp_path / "in", case)
+    problem = IMAGE_CASES[case][2]
+    name = image.name
+
+    # detect run --image: one image, so an unreadable one is a one-line error
+    result = invoke(capsys, "run", "--image", image, "--model", models["det"], "--out", tmp_path / "r1",
+                    "--device", "cpu", *RUN_PROPOSALS)
+    if problem:
+        assert_one_line_error(result, name, *problem)
+    else:
+        assert result[0] == 0, result
+        assert json.loads((tmp_path / "r1" / "run.json").read_text())["images"][0]["file"] == str(image)
+
+    # detect run --images: a batch keeps the good image and lists the bad one at the end
+    batch = tmp_path / "batch"
+    batch.mkdir()
+    Image.fromarray(scene(2)).save(batch / "good.png")
+    (batch / name).write_bytes(image.read_bytes())
+    code, out, err = invoke(capsys, "run", "--images", batch, "--model", models["det"], "--out",
+                            tmp_path / "r2", "--device", "cpu", *RUN_PROPOSALS)
+    done = [Path(i["file"]).name for i in json.loads((tmp_path / "r2" / "run.json").read_text())["images"]]
+    assert "Traceback" not in err
+    if problem:
+        assert code == 1 and done == ["good.png"] and name in err.strip().splitlines()[-1]
+    else:
+        assert code == 0 and sorted(done) == sorted(["good.png", name])
+
+    # detect eval --accuracy: a batch over a class folder
+    folder = tmp_path / "val"
+    (folder / "c0").mkdir(parents=True)
+    Image.fromarray(scene(3)).save(folder / "c0" / "good.png")
+    (folder / "c0" / name).write_bytes(image.read_bytes())
+    code, out, err = invoke(capsys, "eval", "--accuracy", "--data", folder, "--model", models["cls"],
+                            "--device", "cpu", "--workers", "0", "--json", tmp_path / "acc.json")
+    assert code == 0 and "Traceback" not in err, err
+    scored = json.loads((tmp_path / "acc.json").read_text())["images"]
+    assert scored == (1 if problem else 2)
+    if problem:
+        assert name in err
+
+    # detect data and detect proposals on a VOC set holding the image
+    voc = voc_with(tmp_path / "voc", image)
+    code, out, err = invoke(capsys, "data", "--data", voc)
+    assert "Traceback" not in err and code == (1 if problem else 0), out
+    if problem:
+        assert name in out
+    code, out, err = invoke(capsys, "proposals", "--data", voc, "--out", tmp_path / "cache",
+                            "--workers", "1", "--quiet", *FAST_PROPOSALS)
+    assert "Traceback" not in err and code == (1 if problem else 0), err
+    cached = sorted(p.name for p in (tmp_path / "cache" / "boxes").iterdir())
+    assert cached == (["good.safetensors"] if problem else sorted(["good.safetensors", f"{image.stem}.safetensors"]))
+    if problem:
+        assert name in err.strip().splitlines()[-1]
+
+
+@pytest.mark.parametrize("case", ["truncated_jpeg", "grayscale"])
+def test_train_classifier_with_an_odd_image(case, tmp_path, capsys):
+    """Training reads every image each epoch: an unreadable one is refused up front, naming it."""
+    data = tmp_path / "data"
+    for split in ("train", "val"):
+        for k in range(2):
+            (data / split / f"c{k}").mkdir(parents=True)
+            Image.fromarray(scene(k)).save(data / split / f"c{k}" / "good.png")
+    image = write_case(data / "train" / "c0", case)
+    config = tmp_path / "tiny.yaml"
+    config.write_text("train:\n  epochs: 1\n")
+    # a batch of 3 holds every image; a worker process re-raises the error in the main process
+    result = invoke(capsys, "train-classifier", "--data", data, "--config", config, "--out",
+                    tmp_path / "run", "--device", "cpu", *TINY_TRAIN, "train.batch_size=3",
+                    "train.workers=1")
+    if IMAGE_CASES[case][2]:
+        assert_one_line_error(result, image.name, "cannot read image")
+    else:
+        assert result[0] == 0, result
