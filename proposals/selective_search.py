@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import warnings
 
 import cv2
@@ -40,17 +41,26 @@ PACKAGE_K = 100.0
 SIGMA = 0.8
 
 
+@functools.lru_cache(maxsize=1)
+def _libc() -> ctypes.CDLL | None:
+    """The C library (looked up once: find_library runs a subprocess)."""
+    name = ctypes.util.find_library("c") or ctypes.util.find_library("msvcrt")
+    try:
+        return ctypes.CDLL(name) if name else ctypes.CDLL(None)
+    except OSError:  # pragma: no cover - platform without a loadable C library
+        return None
+
+
 def _seed_libc_rand(seed: int) -> None:
     """Seed C `rand()`, which OpenCV's selective search uses for its random ranking factor.
 
     cv2.setRNGSeed does not reach it (measured: boxes differ between runs without this).
     """
-    name = ctypes.util.find_library("c") or ctypes.util.find_library("msvcrt")
-    try:
-        libc = ctypes.CDLL(name) if name else ctypes.CDLL(None)
-        libc.srand(ctypes.c_uint(seed & 0xFFFFFFFF))
-    except (OSError, AttributeError):  # pragma: no cover - platform without a C rand
+    libc = _libc()
+    if libc is None or not hasattr(libc, "srand"):  # pragma: no cover
         warnings.warn("cannot seed OpenCV's selective search: boxes may vary between runs")
+        return
+    libc.srand(ctypes.c_uint(seed & 0xFFFFFFFF))
 
 
 def _opencv_rects(rgb: np.ndarray, mode: str, scale: float, seed: int) -> np.ndarray:
