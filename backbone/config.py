@@ -153,7 +153,7 @@ def read_yaml(path: str | Path) -> dict:
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as e:
-        raise InputError(path, f"malformed YAML: {e}") from None
+        raise InputError(path, "malformed YAML: " + " ".join(str(e).split())) from None  # one line
     if data is None:
         return {}
     if not isinstance(data, dict):

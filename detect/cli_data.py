@@ -8,6 +8,7 @@ from pathlib import Path
 
 import click
 
+from backbone.errors import InputError
 from backbone.io import atomic_path, atomic_write_json
 from detect.data import load_dataset, write_coco
 from detect.data_report import find_problems, format_summary, summarize
@@ -32,6 +33,8 @@ def data(data, split, class_list, no_image_check, to_coco) -> None:
     dataset = load_dataset(data, split=split, class_list=class_list, errors=errors)
     click.echo(format_summary(summarize(dataset)))
     problems = [f"skipped: {e}" for e in errors] + find_problems(dataset, check_images=not no_image_check)
+    if not dataset.images:
+        problems.insert(0, f"{data}: the data set has no images")
     for fix in dataset.fixups:
         click.echo(f"fix-up: {fix}")
     click.echo(f"{len(problems)} problem(s) found" + (":" if problems else ""))
@@ -50,6 +53,8 @@ def eval_map(data: str, split: str | None, detections: str | None, models: list[
     """`detect eval --map`: evaluate a detections file (or a detector run) on a data set,
     print the per-class AP table and the mean, optionally write JSON and PR-curve PNGs."""
     dataset = load_dataset(data, split=split)
+    if not dataset.images:
+        raise InputError(data, "the data set has no images: nothing to evaluate")
     if detections is not None:
         dets = read_detections(detections, dataset)
     else:

@@ -142,8 +142,8 @@ def _voc_keys(root: Path, ann_dir: Path, split: str | None) -> list[str]:
     for sub in ("Main", "DET"):
         listing = root / "ImageSets" / sub / f"{split}.txt"
         if listing.is_file():
-            keys = [ln.split()[0] for ln in listing.read_text(encoding="utf-8").splitlines()
-                    if ln.strip()]
+            keys = [inside_name(ln.split()[0], listing, "image id")
+                    for ln in listing.read_text(encoding="utf-8").splitlines() if ln.strip()]
             if len(set(keys)) != len(keys):
                 raise InputError(listing, "split list names an image twice")
             return keys
@@ -199,7 +199,8 @@ def _parse_voc_xml(path: Path) -> dict:
         coords = [_xml_number(path, box, tag) for tag in ("xmin", "ymin", "xmax", "ymax")]
         difficult = _xml_number(path, obj, "difficult", 0) != 0
         objects.append((name, coords, difficult))
-    return {"filename": (root.findtext("filename") or "").strip(), "width": int(width),
+    filename = inside_name((root.findtext("filename") or "").strip(), path, "<filename>")
+    return {"filename": filename, "width": int(width),
             "height": int(height), "objects": objects, "path": path}
 
 
@@ -216,6 +217,16 @@ def _xml_number(path: Path, parent: ET.Element, tag: str, default: float | None 
     if not np.isfinite(value):
         raise InputError(path, f"<{tag}> is not finite: '{text.strip()}'")
     return value
+
+
+def inside_name(name: str, source: str | Path, what: str = "file name") -> str:
+    """`name` if it is a relative path that stays inside its folder, else InputError naming
+    `source`: an annotation file must not point at files outside the data set."""
+    posix = name.replace("\\", "/")
+    if posix.startswith("/") or (len(posix) > 1 and posix[1] == ":") or ".." in posix.split("/"):
+        raise InputError(source, f"{what} '{name}' points outside the data set's folder "
+                                 "(absolute paths and '..' are refused)")
+    return name
 
 
 def _voc_image_path(img_dir: Path, key: str, filename: str) -> Path:

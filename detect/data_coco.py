@@ -14,7 +14,7 @@ import torch
 
 from backbone.errors import InputError
 from backbone.io import read_json
-from detect.data import DetectionDataset, ImageRecord, check_boxes, raise_or_collect
+from detect.data import DetectionDataset, ImageRecord, check_boxes, inside_name, raise_or_collect
 
 
 def find_coco_json(folder: Path, split: str | None) -> Path:
@@ -91,6 +91,7 @@ def _coco_images(path: Path, images: list) -> dict[int, tuple[str, int, int]]:
                                    "integer 'width' and 'height'")
         if img["id"] in out:
             raise InputError(path, f"image id {img['id']} appears twice")
+        inside_name(img["file_name"], path, f"image {n}: file_name")
         out[img["id"]] = (img["file_name"], img["width"], img["height"])
     return out
 
@@ -125,8 +126,8 @@ def _is_number(v: object) -> bool:
 
 def coco_dict(dataset: DetectionDataset, json_dir: Path | None = None) -> dict:
     """The data set as a COCO instances dict. `file_name` is the image path relative to
-    `json_dir` when the image lies under it, else the absolute path (or the key, without
-    `json_dir`). Annotation ids count from 1 (pycocotools treats id 0 as "unmatched")."""
+    `json_dir` (InputError if the image lies outside it; the key without `json_dir`).
+    Annotation ids count from 1 (pycocotools treats id 0 as "unmatched")."""
     images, annotations = [], []
     for rec in dataset.images:
         name = rec.key if json_dir is None else _coco_file_name(rec, json_dir)
@@ -145,9 +146,12 @@ def coco_dict(dataset: DetectionDataset, json_dir: Path | None = None) -> dict:
 
 def _coco_file_name(rec: ImageRecord, json_dir: Path) -> str:
     """The key if it already leads to the image from `json_dir` (a COCO round trip keeps its
-    names), else the image path relative to `json_dir`, or absolute when outside it."""
+    names), else the image path relative to `json_dir` (never outside it)."""
     json_dir = json_dir.resolve()
     path = Path(rec.path).resolve()
     if coco_image_path(json_dir, rec.key) == path:
         return rec.key
-    return os.path.relpath(path, json_dir) if path.is_relative_to(json_dir) else str(path)
+    if not path.is_relative_to(json_dir):  # readers refuse names that leave the JSON's folder
+        raise InputError(json_dir, f"image {path} lies outside this folder; write the COCO file "
+                                   "into a folder that holds the images")
+    return os.path.relpath(path, json_dir)

@@ -287,3 +287,171 @@ def test_train_classifier_with_an_odd_image(case, tmp_path, capsys):
         assert_one_line_error(result, image.name, "cannot read image")
     else:
         assert result[0] == 0, result
+
+
+# ----------------------------------------------------------------------------- annotations x command
+
+
+def _voc_xml(root: Path, key: str, box: tuple, filename: str | None = None, size: bool = True) -> None:
+    (root / "Annotations").mkdir(parents=True, exist_ok=True)
+    (root / "JPEGImages").mkdir(parents=True, exist_ok=True)
+    Image.fromarray(scene()).save(root / "JPEGImages" / f"{key}.png")
+    size_xml = f"<size><width>{SIZE}</width><height>{SIZE}</height><depth>3</depth></size>" if size else ""
+    (root / "Annotations" / f"{key}.xml").write_text(
+        f"<annotation><filename>{filename or key + '.png'}</filename>{size_xml}<object><name>thing</name>"
+        "<bndbox>" + "".join(f"<{t}>{v}</{t}>" for t, v in zip(("xmin", "ymin", "xmax", "ymax"), box))
+        + "</bndbox></object></annotation>")
+
+
+def _voc(root: Path, **bad) -> Path:
+    """A VOC set: good image `a` and, with keywords, image `b` annotated with them."""
+    _voc_xml(root, "a", (4, 5, 24, 25))
+    if bad:
+        _voc_xml(root, "b", bad.pop("box", (4, 5, 24, 25)), **bad)
+    return root
+
+
+def _coco(root: Path, category: int = 1, file_name: str = "a.png", images: bool = True) -> Path:
+    root.mkdir(parents=True)
+    Image.fromarray(scene()).save(root / "a.png")
+    doc = {"images": [{"id": 1, "file_name": file_name, "width": SIZE, "height": SIZE}] if images else [],
+           "annotations": [{"id": 1, "image_id": 1, "category_id": category, "bbox": [4, 5, 20, 20],
+                            "area": 400, "iscrowd": 0}] if images else [],
+           "categories": [{"id": 1, "name": "thing"}]}
+    (root / "instances.json").write_text(json.dumps(doc))
+    return root / "instances.json"
+
+
+def _escaping_split(root: Path) -> Path:
+    _voc(root)
+    (root / "ImageSets" / "Main").mkdir(parents=True)
+    (root / "ImageSets" / "Main" / "train.txt").write_text("a\n../../../etc/passwd\n")
+    return root
+
+
+def _empty_voc(root: Path) -> Path:
+    (root / "Annotations").mkdir(parents=True)
+    return root
+
+
+# name -> (make data set, split, {command: (outcome, words)}): "ok"; "listed" = skipped and listed
+# with exit status 1 (detect data reports every problem); "error" = one-line error, exit 2.
+LISTED_OR_ERROR = {"data": "listed", "map": "error", "proposals": "error"}
+ANNOTATION_CASES = {
+    "xml_without_size": (lambda r: _voc(r, size=False), None, {c: "ok" for c in LISTED_OR_ERROR},
+                         []),
+    "box_x2_before_x1": (lambda r: _voc(r, box=(24, 5, 4, 25)), None, LISTED_OR_ERROR,
+                         ["b.xml", "x2 < x1"]),
+    "coco_unknown_category": (lambda r: _coco(r, category=7), None, LISTED_OR_ERROR,
+                              ["instances.json", "unknown category_id 7"]),
+    "voc_filename_outside": (lambda r: _voc(r, filename="../../secret.png"), None, LISTED_OR_ERROR,
+                             ["b.xml", "outside the data set"]),
+    "coco_absolute_file_name": (lambda r: _coco(r, file_name="/etc/passwd"), None,
+                                {c: "error" for c in LISTED_OR_ERROR}, ["instances.json", "outside"]),
+    "split_list_outside": (_escaping_split, "train", {c: "error" for c in LISTED_OR_ERROR},
+                           ["train.txt", "outside"]),
+    "empty_voc": (_empty_voc, None, {c: "error" for c in LISTED_OR_ERROR}, ["Annotations", "no .xml"]),
+    "empty_coco": (lambda r: _coco(r, images=False), None,
+                   LISTED_OR_ERROR, ["instances.json", "no images"]),
+}
+
+
+@pytest.mark.parametrize("case", list(ANNOTATION_CASES))
+def test_annotation_cases_through_every_command(case, tmp_path, capsys):
+    make, split, expected, words = ANNOTATION_CASES[case]
+    spec = make(tmp_path / "set")
+    split_args = ["--split", split] if split else []
+    (tmp_path / "none.json").write_text("[]")  # no detections: mAP 0, but the set is read
+    commands = {
+        "data": ["data", "--data", spec, *split_args],
+        "map": ["eval", "--map", "--data", spec, "--detections", tmp_path / "none.json", *split_args],
+        "proposals": ["proposals", "--data", spec, "--out", tmp_path / "cache", "--workers", "1",
+                      "--quiet", *split_args, *FAST_PROPOSALS],
+    }
+    for command, argv in commands.items():
+        result = invoke(capsys, *argv)
+        code, out, err = result
+        assert "Traceback" not in out + err, (command, err)
+        if expected[command] == "ok":
+            assert code == 0, (command, result)
+        elif expected[command] == "listed":
+            assert code == 1 and all(w in out for w in words), (command, result)
+        else:
+            assert_one_line_error(result, *words)
+
+
+def test_xml_without_size_takes_the_image_header(tmp_path):
+    from detect.data import load_dataset
+
+    records = load_dataset(_voc(tmp_path / "set", size=False)).images
+    assert [(r.key, r.width, r.height) for r in records] == [("a", SIZE, SIZE), ("b", SIZE, SIZE)]
+
+
+# ----------------------------------------------------------------------------- weights and configs
+
+
+WEIGHT_CASES = {  # model -> words of the error
+    "nan": ["model.safetensors", "NaN"],
+    "classes3": ["model.safetensors", "do not match"],
+    "width": ["model.safetensors", "do not match"],
+    "arch": ["model.safetensors", "do not match"],
+    "meta": ["model.json", "not a model description"],
+}
+
+
+@pytest.mark.parametrize("case", list(WEIGHT_CASES))
+def test_bad_weights_are_refused(case, models, tmp_path, capsys):
+    folder = tmp_path / "val"
+    (folder / "c0").mkdir(parents=True)
+    Image.fromarray(scene()).save(folder / "c0" / "a.png")
+    assert_one_line_error(invoke(capsys, "eval", "--accuracy", "--data", folder, "--model", models[case],
+                                 "--device", "cpu", "--workers", "0"), *WEIGHT_CASES[case])
+    if case == "meta":
+        assert_one_line_error(invoke(capsys, "summary", "--model", models[case]), *WEIGHT_CASES[case])
+
+
+def test_detector_with_nan_weights_is_refused(models, tmp_path, capsys):
+    Image.fromarray(scene()).save(tmp_path / "a.png")
+    assert_one_line_error(invoke(capsys, "run", "--image", tmp_path / "a.png", "--model", models["det_nan"],
+                                 "--out", tmp_path / "out", "--device", "cpu"), "model.safetensors", "NaN")
+
+
+CONFIG_CASES = {  # name -> (YAML text of a section with an integer field, words of the error)
+    "unknown_key": (lambda section, field: f"{section}:\n  {field}: 1\n  bogus_key: 2\n", ["bogus_key"]),
+    "wrong_type": (lambda section, field: f"{section}:\n  {field}: many\n", ["many"]),
+    "unknown_section": (lambda section, field: "nonsense:\n  a: 1\n", ["nonsense"]),
+    "not_yaml": (lambda section, field: f"{section}: [1, 2\n", ["malformed YAML"]),
+}
+
+
+@pytest.mark.parametrize("case", list(CONFIG_CASES))
+def test_bad_configs_are_refused_by_every_command(case, models, tmp_path, capsys):
+    text, words = CONFIG_CASES[case]
+    voc = _voc(tmp_path / "voc")
+    commands = {  # (config section, one of its integer fields): command line
+        ("train", "epochs"): ["train-classifier", "--data", tmp_path, "--out", tmp_path / "r1"],
+        ("finetune", "epochs"): ["train-detector", "--data", voc, "--proposals", tmp_path, "--init",
+                                 models["cls"], "--out", tmp_path / "r2"],
+        ("selective_search", "max_boxes"): ["proposals", "--data", voc, "--out", tmp_path / "r3"],
+        ("train", "batch_size"): ["train-multibox", "--data", voc, "--out", tmp_path / "r4"],
+    }
+    for (section, field), argv in commands.items():
+        config = tmp_path / f"{argv[0]}.yaml"
+        config.write_text(text(section, field))
+        assert_one_line_error(invoke(capsys, *argv, "--config", config), config.name, *words)
+
+
+@pytest.mark.parametrize("override, words", [("inference.nope=1", ["inference.nope"]),
+                                              ("inference.batch_size=many", ["inference.batch_size"])])
+def test_bad_overrides_are_refused(override, words, models, tmp_path, capsys):
+    Image.fromarray(scene()).save(tmp_path / "a.png")
+    assert_one_line_error(invoke(capsys, "run", "--image", tmp_path / "a.png", "--model", models["det"],
+                                 "--out", tmp_path / "out", "--device", "cpu", override), *words)
+    assert_one_line_error(invoke(capsys, "train-classifier", "--data", tmp_path, "--out", tmp_path / "r",
+                                 "--config", _empty_yaml(tmp_path), override.replace("inference.", "train.")),
+                          "train.")
+
+
+def _empty_yaml(folder: Path) -> Path:
+    (folder / "empty.yaml").write_text("{}\n")
+    return folder / "empty.yaml"
