@@ -12,11 +12,16 @@ import pytest
 import torch
 from PIL import Image
 
+from backbone.config import load_config
 from backbone.errors import InputError
+from backbone.models import ModelMeta, build_model, save_classifier
+from detect.cli import main
+from detect.data import write_voc
 from proposals.multibox import (MultiBox, MultiBoxMeta, build_multibox_net, decode, encode,
                                 kmeans_priors, match, multibox_loss, save_multibox)
 from proposals.multibox_train import (MultiBoxConfig, hflip, lr_at, recall_at, train_multibox)
 
+CONFIG = Path(__file__).resolve().parents[2] / "configs" / "multibox_demo.yaml"
 PRIORS = torch.tensor([[0.0, 0.0, 0.5, 0.5], [0.5, 0.5, 1.0, 1.0]])
 STD = torch.full((2, 4), 0.1)
 GT = [torch.tensor([[0.1, 0.1, 0.5, 0.5]])]
@@ -128,7 +133,7 @@ def tiny_meta(priors: torch.Tensor) -> MultiBoxMeta:
                         torch.full((len(priors), 4), 0.05).tolist())
 
 
-def test_save_load_round_trip_and_predict_contract(tmp_path):
+def test_save_load_round_trip_and_predict_contract(tmp_path, one_thread):
     torch.manual_seed(0)
     # One prior sticks out of the image: predictions must come back clipped.
     priors = torch.tensor([[-0.2, -0.1, 0.5, 0.6], [0.3, 0.3, 1.3, 0.9], [0.1, 0.5, 0.4, 0.9],
@@ -215,25 +220,19 @@ def sliding_windows(width: int, height: int, count: int = 200) -> torch.Tensor:
 
 
 def small_config(**train) -> MultiBoxConfig:
-    cfg = MultiBoxConfig()
-    for key, value in dict(arch="googlenet", width=0.125, input_size=64, num_priors=400,
-                           head_pool=2, head_hidden=256).items():
-        setattr(cfg.model, key, value)
-    for key, value in {**dict(epochs=2, batch_size=16, lr=3e-3, warmup_epochs=0.5, alpha=0.3,
-                              workers=0, seed=0), **train}.items():
-        setattr(cfg.train, key, value)
-    return cfg
+    """configs/multibox_demo.yaml (the must-hold recipe) with `train` overrides."""
+    return load_config(MultiBoxConfig, CONFIG, [f"train.{k}={v}" for k, v in train.items()])
 
 
 def test_multibox_top200_recall_beats_a_grid_of_200_boxes(tmp_path, one_thread):
-    train = objects_dataset(tmp_path / "train", 1000, seed=0)
+    train = objects_dataset(tmp_path / "train", 700, seed=0)
     val = objects_dataset(tmp_path / "val", 150, seed=1)
     gts = [g for _, g in val]
     sizes = [Image.open(p).size for p, _ in val]
     grid_hit, total = recall_at([sliding_windows(w, h) for w, h in sizes], gts)
     train_multibox(small_config(), train, tmp_path / "run", device="cpu")
     preds = MultiBox.load(tmp_path / "run").predict_batch([p for p, _ in val], top_k=200)
-    assert all(len(b) == 200 for b, _ in preds)  # K = 400 priors: the top 200 of them
+    assert all(len(b) == 200 for b, _ in preds)  # K = 300 priors: the top 200 of them
     mb_hit, _ = recall_at([b for b, _ in preds], gts)
     grid, multibox = grid_hit / total, mb_hit / total
     print(f"recall@0.5 on {total} boxes: grid of 200 {grid:.3f}, MultiBox top 200 {multibox:.3f}")
@@ -264,3 +263,27 @@ def test_training_refuses_a_malformed_box(tmp_path):
     samples[1] = (samples[1][0], torch.tensor([[10.0, 10.0, 5.0, 20.0]]))
     with pytest.raises(InputError, match="0001.png"):
         train_multibox(small_config(), samples, tmp_path / "run", device="cpu")
+
+
+def test_cli_trains_from_a_voc_folder_starting_from_a_classifier(tmp_path, capsys, one_thread):
+    voc = tmp_path / "voc"
+    for i, (path, boxes) in enumerate(objects_dataset(tmp_path / "img", 6, seed=2)):
+        w, h = Image.open(path).size
+        write_voc(voc, f"{i}", (w, h), boxes, torch.ones(len(boxes), dtype=torch.int64), ["shape"])
+        (voc / "JPEGImages").mkdir(exist_ok=True)
+        Image.open(path).save(voc / "JPEGImages" / f"{i}.jpg", quality=95)
+    classifier = build_model("googlenet", 3, width=0.125, aux_logits=False)
+    save_classifier(tmp_path / "cls", classifier, ModelMeta("googlenet", 3, ["a", "b", "c"], 0.125, 64))
+    argv = ["train-multibox", "--data", str(voc), "--config", str(CONFIG), "--out", str(tmp_path / "run"),
+            "--init", str(tmp_path / "cls"), "--device", "cpu", "train.epochs=1", "model.num_priors=8",
+            "model.width=0.5"]  # the classifier's width wins
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+        raise SystemExit(0)
+    assert e.value.code == 0 and "MultiBox model saved" in capsys.readouterr().out
+    meta = json.loads((tmp_path / "run" / "multibox.json").read_text())
+    assert meta["width"] == 0.125 and meta["extra"]["init"] == str(tmp_path / "cls")
+    assert MultiBox.load(tmp_path / "run").predict(np.zeros((40, 70, 3), np.uint8), top_k=5)[0].shape == (5, 4)
+    with pytest.raises(SystemExit) as e:  # a second run into the same folder needs --resume
+        main(argv)
+    assert e.value.code == 2 and "--resume" in capsys.readouterr().err
