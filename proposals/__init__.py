@@ -10,3 +10,4 @@ __all__ = [
     "compute_proposals", "merge_boxes", "propose", "propose_with_sources", "read_cache", "recall_stats",
     "selective_search",
 ]
+from proposals.multibox import MultiBox, MultiBoxMeta, kmeans_priors, multibox_loss  # noqa: E402, F401 (MultiBox)

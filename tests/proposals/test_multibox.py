@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import socket
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
 import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
 from PIL import Image
 
 from backbone.config import load_config
@@ -287,3 +291,33 @@ def test_cli_trains_from_a_voc_folder_starting_from_a_classifier(tmp_path, capsy
     with pytest.raises(SystemExit) as e:  # a second run into the same folder needs --resume
         main(argv)
     assert e.value.code == 2 and "--resume" in capsys.readouterr().err
+
+
+def _ddp_worker(rank: int, port: int, samples: list, out: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
+                      WORLD_SIZE="2", LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    cfg = small_config(epochs=1, batch_size=8, hflip=False)
+    cfg.model.num_priors = 16
+    train_multibox(cfg, samples, out, device="cpu")
+    dist.destroy_process_group()
+
+
+@pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(), reason="no gloo backend")
+def test_two_gloo_processes_match_one_process(tmp_path, one_thread):
+    # Flips off (their draws depend on the rank); the global batch of 8 is split 4 + 4.
+    samples = objects_dataset(tmp_path / "img", 16, seed=4)
+    cfg = small_config(epochs=1, batch_size=8, hflip=False)
+    cfg.model.num_priors = 16
+    one = train_multibox(cfg, samples, tmp_path / "one", device="cpu")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.start_processes(_ddp_worker, args=(port, samples, str(tmp_path / "two")), nprocs=2,
+                       join=True, start_method="fork")
+    a = MultiBox.load(one).net.state_dict()
+    b = MultiBox.load(tmp_path / "two").net.state_dict()
+    for key in a:
+        torch.testing.assert_close(b[key], a[key], rtol=1e-4, atol=1e-5, msg=key)
+    lines = (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()
+    assert len(lines) == 1 and json.loads(lines[0])["images"] == 16
