@@ -9,7 +9,7 @@ exits with status 2. The subcommands live in small modules beside this one:
 - `cli_data`:      data, eval --map                  (datasets, detection results, mAP)
 - `cli_proposals`: proposals, eval --recall          (selective search, merge, cache, recall)
 - `cli_multibox`:  train-multibox                    (the MultiBox network)
-- `cli_detector`:  train-detector, run               (the R-CNN detector)
+- `cli_detector`:  train-detector, run, merge-results (the R-CNN detector; joining shards)
 """
 from __future__ import annotations
 
@@ -46,6 +46,7 @@ def _register() -> None:
     cli.add_command(cli_multibox.train_multibox)
     cli.add_command(cli_detector.train_detector)
     cli.add_command(cli_detector.run)
+    cli.add_command(cli_detector.merge_results)
     cli.add_command(eval_command)
 
 

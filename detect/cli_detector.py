@@ -60,8 +60,11 @@ def train_detector(data, proposals_dir, init_run, config_path, out, members, spl
 @click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:1 or auto.")
 @click.option("--score-threshold", type=float, default=None,
               help="Drop detections scoring below this (default: the run's inference.score_threshold).")
+@click.option("--shard", default=None,
+              help="i/n: only images i, i+n, ... into OUT/shard-i-of-n/; join them with "
+                   "`detect merge-results OUT`. Under torchrun each rank takes its shard and rank 0 merges.")
 @click.argument("overrides", nargs=-1)
-def run(images, image_dir, model, out, device, score_threshold, overrides) -> None:
+def run(images, image_dir, model, out, device, score_threshold, shard, overrides) -> None:
     """Detect objects in images with a detector run.
 
     \b
@@ -70,17 +73,31 @@ def run(images, image_dir, model, out, device, score_threshold, overrides) -> No
     Exit status: 0 if every image was processed; 1 if some were skipped (unreadable; they
     are listed at the end, the others' results are written); 2 if none could be read.
     """
+    from backbone.distributed import barrier, cleanup, init_distributed
     from detect.detector import Detector
-    from detect.run_images import detect_images, list_images
+    from detect.run_images import detect_images, list_images, merge_shards, shard_folder
+    from detect.sharding import parse_shard, torchrun_shard
 
     paths = [*images, *(list_images(image_dir) if image_dir else [])]
     if not paths:
         raise InputError(None, "no images: give --image PATH (repeatable) or --images DIR")
+    under_torchrun = shard is None and torchrun_shard() is not None
+    part = parse_shard(shard) if shard is not None else torchrun_shard()
+    if under_torchrun:
+        device = str(init_distributed(device).device)  # one GPU per rank
+    positions = list(range(len(paths)))[part[0]::part[1]] if part else None
     settings = {} if score_threshold is None else {"score_threshold": score_threshold}
     detector = Detector.load(model, device, overrides, **settings)
-    summary = detect_images(detector, paths, out, progress=len(paths) > 1, echo=click.echo)
+    folder = shard_folder(out, part) if part else out
+    summary = detect_images(detector, [paths[i] for i in positions] if part else paths, folder,
+                            progress=len(paths) > 1, echo=click.echo, positions=positions)
+    if under_torchrun:
+        barrier()
+        if part[0] == 0:
+            merge_shards(out)
+        cleanup()
     done, skipped = len(summary["images"]), summary["skipped"]
-    click.echo(f"{done} image(s) done, results in {out}/detections.json"
+    click.echo(f"{done} image(s) done, results in {folder}/detections.json"
                + (f"; {len(skipped)} skipped:" if skipped else ""))
     for item in skipped:
         click.echo(f"  {item['file']}: {item['error']}", err=True)
@@ -90,3 +107,15 @@ def run(images, image_dir, model, out, device, score_threshold, overrides) -> No
         if not done:
             raise InputError(None, f"none of the {len(skipped)} images could be read (listed above)")
         raise SystemExit(1)
+
+
+@click.command("merge-results")
+@click.argument("out", type=click.Path(exists=True, file_okay=False))
+def merge_results(out) -> None:
+    """Join the shards of `detect run --shard i/n --out OUT` (OUT/shard-i-of-n/) into
+    OUT/detections.json and OUT/run.json, in the order of the whole image list."""
+    from detect.run_images import merge_shards
+
+    summary = merge_shards(out)
+    click.echo(f"merged {summary['shards']} shards: {len(summary['images'])} image(s), "
+               f"{len(summary['skipped'])} skipped; results in {out}/detections.json")

@@ -1,26 +1,12 @@
 """`detect proposals` (compute a proposal cache) and `detect eval --recall` (measure it)."""
 from __future__ import annotations
 
-import os
-
 import click
 
 from backbone.config import load_config
 from backbone.errors import InputError
 from backbone.io import atomic_write_json
-
-
-def _parse_shard(text: str | None) -> tuple[int, int] | None:
-    """'i/n' -> (i, n) with 0 <= i < n."""
-    if text is None:
-        return None
-    try:
-        i, n = (int(part) for part in text.split("/"))
-    except ValueError:
-        raise InputError("<command line>", f"--shard {text!r} must look like i/n, e.g. 0/4") from None
-    if not 0 <= i < n:
-        raise InputError("<command line>", f"--shard {text}: need 0 <= i < n")
-    return i, n
+from detect.sharding import cores_per_process, resolve_shard
 
 
 @click.command("proposals")
@@ -31,7 +17,9 @@ def _parse_shard(text: str | None) -> tuple[int, int] | None:
 @click.option("--out", required=True, type=click.Path(), help="Cache folder (created; resumed if present).")
 @click.option("--split", default=None, help="Split of a VOC/ILSVRC data set (ImageSets/Main/SPLIT.txt).")
 @click.option("--workers", type=int, default=None, help="Worker processes [default: all cores].")
-@click.option("--shard", default=None, help="i/n: only images i, i+n, ... (0-based), e.g. one per machine.")
+@click.option("--shard", default=None,
+              help="i/n: only images i, i+n, ... (0-based), e.g. one per machine. Under torchrun: "
+                   "RANK/WORLD_SIZE. Shards write into one cache.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.argument("overrides", nargs=-1)
 def proposals(data, config_path, out, split, workers, shard, quiet, overrides) -> None:
@@ -52,8 +40,8 @@ def proposals(data, config_path, out, split, workers, shard, quiet, overrides) -
     items = [(rec.key, rec.path) for rec in dataset.images]
     if not items:
         raise InputError(data, "the data set has no images")
-    summary = compute_proposals(items, config, out, workers=workers or os.cpu_count() or 1,
-                                shard=_parse_shard(shard), progress=not quiet)
+    summary = compute_proposals(items, config, out, workers=workers or cores_per_process(),
+                                shard=resolve_shard(shard), progress=not quiet)
     skipped = summary["skipped"]
     click.echo(f"{summary['done']} image(s) computed, {summary['cached']} already cached, "
                f"{len(skipped)} skipped; {summary['boxes_per_image']:.0f} boxes/image, "
