@@ -240,6 +240,16 @@ def evaluate_recall(net: MultiBoxNet, meta: MultiBoxMeta, samples: Sequence[Samp
 
 # ----------------------------------------------------------------------------- driver
 
+def make_loader(dataset: BoxImages, t: MultiBoxTrainConfig, world_size: int, rank: int,
+                pin: bool) -> tuple[DataLoader, DistributedSampler]:
+    """This process's share of each epoch: batch_size / world_size images per step."""
+    sampler = DistributedSampler(dataset, world_size, rank, shuffle=True, seed=t.seed)
+    batch = max(1, t.batch_size // world_size)
+    loader = DataLoader(dataset, batch, sampler=sampler, num_workers=t.workers, collate_fn=collate,
+                        drop_last=len(dataset) // world_size >= batch, pin_memory=pin)
+    return loader, sampler
+
+
 def train_multibox(cfg: MultiBoxConfig, samples: Sequence[Sample], out_dir: str | Path,
                    resume: bool = False, device: str = "auto",
                    val_samples: Sequence[Sample] | None = None,
@@ -282,12 +292,8 @@ def train_multibox(cfg: MultiBoxConfig, samples: Sequence[Sample], out_dir: str 
     model = net if dist.world_size == 1 else nn.parallel.DistributedDataParallel(
         net, device_ids=[dist.device.index] if dist.device.type == "cuda" else None)
 
-    dataset = BoxImages(samples, meta.input_size)
-    sampler = DistributedSampler(dataset, dist.world_size, dist.rank, shuffle=True, seed=t.seed)
-    batch = max(1, t.batch_size // dist.world_size)
-    loader = DataLoader(dataset, batch, sampler=sampler, num_workers=t.workers,
-                        collate_fn=collate, drop_last=len(dataset) // dist.world_size >= batch,
-                        persistent_workers=False, pin_memory=dist.device.type == "cuda")
+    loader, sampler = make_loader(BoxImages(samples, meta.input_size), t, dist.world_size, dist.rank,
+                                  dist.device.type == "cuda")
     steps_per_epoch = len(loader)
     total_steps, warmup = steps_per_epoch * t.epochs, int(round(steps_per_epoch * t.warmup_epochs))
     for epoch in range(start_epoch, t.epochs):
