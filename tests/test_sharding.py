@@ -116,3 +116,47 @@ def test_proposals_shards_under_torchrun_fill_one_cache(tmp_path, monkeypatch, c
         a, b = load_weights(tmp_path / "one" / "boxes" / name), load_weights(tmp_path / "two" / "boxes" / name)
         assert torch.equal(a["boxes"], b["boxes"]) and torch.equal(a["sources"], b["sources"])
     assert (tmp_path / "two" / "summary-0-of-2.json").is_file()
+
+
+def _run_rank(rank: int, port: int, argv: list) -> None:
+    import os
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE="2",
+                      LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE="2")
+    torch.set_num_threads(1)
+    try:
+        main(argv)
+    except SystemExit as e:
+        assert e.code in (0, None), e.code
+
+
+def test_detect_run_under_two_gloo_ranks_merges_on_rank_0(tmp_path, capsys):
+    import socket
+
+    import torch.multiprocessing as mp
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for i in range(3):
+        Image.fromarray(scene(i)).save(folder / f"{i}.png")
+    torch.manual_seed(0)
+    member = build_model("googlenet", 2, width=0.125, aux_logits=False, dropout=0.0).eval()
+    cfg = DetectorConfig()
+    cfg.inference.precision = "float32"
+    save_detector_run(tmp_path / "det", [(member, ModelMeta("googlenet", 2, ["bg", "a"], 0.125, 32))], cfg, ["a"])
+    argv = [str(a) for a in ["run", "--images", folder, "--model", tmp_path / "det", "--device", "cpu",
+                             "--score-threshold", "0.05", *[f"proposals.{o}" for o in FAST]]]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as each rank: float32 sums in the same order
+    try:
+        assert invoke(capsys, *argv, "--out", tmp_path / "one")[0] == 0
+    finally:
+        torch.set_num_threads(threads)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.start_processes(_run_rank, args=(port, [*argv, "--out", str(tmp_path / "two")]), nprocs=2,
+                       join=True, start_method="fork")
+    assert (tmp_path / "two" / "shard-1-of-2" / "run.json").is_file()
+    one = json.loads((tmp_path / "one" / "detections.json").read_text())
+    assert one and one == json.loads((tmp_path / "two" / "detections.json").read_text())
