@@ -40,6 +40,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 DETECT = [sys.executable, "-c", "from detect.cli import main; main()"]
 MAX_MODEL_BYTES = 15 * 1024 * 1024
+SCORE_COMMAND = "score-members"  # internal: `build_demo.py score-members RUN SCENES SPLIT CACHE OUT DEVICE`
 EXAMPLE_IMAGES = ["test_01000.jpg", "test_01001.jpg", "test_01002.jpg", "test_01003.jpg", "test_01004.jpg"]
 
 # Scene counts and step settings; --quick shrinks everything to dry-run size.
@@ -112,7 +113,7 @@ class Build:
         out = self.path("multibox")
         resume = ["--resume"] if (Path(out) / "checkpoint.pt").is_file() else []
         self.run([*DETECT, "train-multibox", "--data", self.path("scenes"), "--split", "train",
-                  "--config", "configs/demo_multibox.yaml", "--out", out, "--init",
+                  "--val-split", "val", "--config", "configs/demo_multibox.yaml", "--out", out, "--init",
                   self.path("classifier"), "--device", self.device, *resume, *self.s["multibox"]])
 
     def proposals(self) -> None:
@@ -131,8 +132,10 @@ class Build:
                   f"proposals.multibox.model={self.path('multibox')}", *self.s["detector"]])
 
     def evaluate(self) -> None:
-        files = write_member_detections(self.work / "detector", self.work / "scenes", "test",
-                                        self.work / "proposals", self.work / "eval", self.device)
+        # In a child process, like every other step: it imports the project from ROOT.
+        self.run([sys.executable, "tools/build_demo.py", SCORE_COMMAND, self.path("detector"),
+                  self.path("scenes"), "test", self.path("proposals"), self.path("eval"), self.device])
+        files = json.loads((self.work / "eval" / "detections.json").read_text())
         results = {}
         for name, path in files.items():
             out = self.work / "eval" / f"{name}.map.json"
@@ -209,6 +212,7 @@ def write_member_detections(run: Path, scenes: Path, split: str, cache_dir: Path
     for name in names:
         files[name] = out_dir / f"{name}.detections.json"
         write_detections(files[name], detections[name], dataset)
+    (out_dir / "detections.json").write_text(json.dumps({k: str(v) for k, v in files.items()}, indent=2) + "\n")
     return files
 
 
@@ -240,6 +244,11 @@ def install_default_model(run: Path, dest: Path) -> int:
 
 
 def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == [SCORE_COMMAND]:  # the evaluate step's child process
+        run, scenes, split, cache, out, device = argv[1:]
+        write_member_detections(Path(run), Path(scenes), split, Path(cache), Path(out), device)
+        return
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--work", default=None, help="work folder (default runs/demo_build, or runs/demo_build_quick with --quick)")
