@@ -146,12 +146,14 @@ def coco_dict(dataset: DetectionDataset, json_dir: Path | None = None) -> dict:
 
 def _coco_file_name(rec: ImageRecord, json_dir: Path) -> str:
     """The key if it already leads to the image from `json_dir` (a COCO round trip keeps its
-    names), else the image path relative to `json_dir` (never outside it)."""
+    names), else the image path relative to `json_dir`; an image outside `json_dir` is named
+    by its key (names never leave the JSON's folder)."""
     json_dir = json_dir.resolve()
     path = Path(rec.path).resolve()
     if coco_image_path(json_dir, rec.key) == path:
         return rec.key
-    if not path.is_relative_to(json_dir):  # readers refuse names that leave the JSON's folder
-        raise InputError(json_dir, f"image {path} lies outside this folder; write the COCO file "
-                                   "into a folder that holds the images")
+    if not path.is_relative_to(json_dir):
+        # Readers refuse names that leave the JSON's folder, so an image elsewhere is named by
+        # its key: copy the images beside the file (or into images/) to read it back.
+        return rec.key
     return os.path.relpath(path, json_dir)
