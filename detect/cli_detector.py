@@ -63,13 +63,18 @@ def train_detector(data, proposals_dir, init_run, config_path, out, members, spl
 @click.option("--shard", default=None,
               help="i/n: only images i, i+n, ... into OUT/shard-i-of-n/; join them with "
                    "`detect merge-results OUT`. Under torchrun each rank takes its shard and rank 0 merges.")
+@click.option("--proposal-workers", type=click.IntRange(min=0), default=None,
+              help="Processes computing the next images' proposals while the network scores this "
+                   "one (0 = inline; default: cores - 1, at least 1). Results are the same.")
 @click.argument("overrides", nargs=-1)
-def run(images, image_dir, model, out, device, score_threshold, shard, overrides) -> None:
+def run(images, image_dir, model, out, device, score_threshold, shard, proposal_workers, overrides) -> None:
     """Detect objects in images with a detector run.
 
     \b
     OVERRIDES are key=value settings of the run's detector.yaml, e.g.
       inference.nms_iou=0.4 inference.batch_size=16 proposals.selective_search.mode=single
+    Resumable: a run killed part-way and started again with the same --out continues where it
+    stopped (finished images are kept in OUT/.per_image/; another model or config starts over).
     Exit status: 0 if every image was processed; 1 if some were skipped (unreadable; they
     are listed at the end, the others' results are written); 2 if none could be read.
     """
@@ -90,7 +95,8 @@ def run(images, image_dir, model, out, device, score_threshold, shard, overrides
     detector = Detector.load(model, device, overrides, **settings)
     folder = shard_folder(out, part) if part else out
     summary = detect_images(detector, [paths[i] for i in positions] if part else paths, folder,
-                            progress=len(paths) > 1, echo=click.echo, positions=positions)
+                            progress=len(paths) > 1, echo=click.echo, positions=positions,
+                            proposal_workers=0 if len(paths) == 1 else proposal_workers)
     if under_torchrun:
         barrier()
         if part[0] == 0:

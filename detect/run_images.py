@@ -4,6 +4,8 @@ Shapes: D detections of one image; boxes Tensor[D, 4] xyxy pixels, labels 1..K.
 """
 from __future__ import annotations
 
+import json
+import shutil
 import time
 from pathlib import Path
 from typing import Callable, Sequence
@@ -14,7 +16,9 @@ from torch import Tensor
 from backbone.errors import InputError
 from backbone.io import atomic_write_json, load_image, read_json
 from detect.detector import Detector
+from detect.visualize import save_detections_png
 
+PER_IMAGE = ".per_image"  # OUT/.per_image/<index>.json: finished images of an interrupted run
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 
 
@@ -28,46 +32,112 @@ def list_images(folder: str | Path) -> list[Path]:
 
 def detect_images(detector: Detector, paths: Sequence[str | Path], out_dir: str | Path,
                   progress: bool = True, echo: Callable[[str], None] = print,
-                  positions: Sequence[int] | None = None) -> dict:
+                  positions: Sequence[int] | None = None, proposal_workers: int | None = None) -> dict:
     """Detect in each image file; write OUT/detections.json (COCO results with class names),
     OUT/<name>.png (the detections drawn) and OUT/run.json (per-image summary, skipped files).
 
-    An unreadable image is skipped and listed; what finished is written even if the run is
-    interrupted. `positions` are the images' places in the whole list (default 0, 1, ...;
-    a shard passes i, i+n, ...), kept as "index" so that `merge_shards` restores the order.
+    An unreadable image is skipped and listed. `positions` are the images' places in the whole
+    list (default 0, 1, ...; a shard passes i, i+n, ...), kept as "index" so that `merge_shards`
+    restores the order. `proposal_workers` processes compute the next images' proposals while
+    the network scores this one (0 = inline; default cores - 1, at least 1; same results).
+
+    Resumable: each image's result is written as soon as it is done (OUT/.per_image/<index>.json,
+    atomically, after its PNG), so a run killed at any moment and started again skips the
+    finished images. A rerun with another model or detector config starts over (the old
+    per-image results are deleted, with a message). detections.json and run.json are written
+    from all per-image results at the end (and on an exception).
     Returns the run.json content: {"images": [...], "skipped": [{"file", "error", "index"}]}.
     """
     from tqdm import tqdm
 
-    from detect.visualize import save_detections_png
+    from detect.overlap import default_proposal_workers, proposals_ahead
 
     say = tqdm.write if progress else echo  # tqdm.write keeps the progress bar intact
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    done: list[tuple] = []  # (path, name, (w, h), detections, seconds per stage)
+    paths = [Path(p) for p in paths]
+    positions = list(range(len(paths))) if positions is None else list(positions)
+    store = _open_store(out, _fingerprint(detector), say)
+    records = [_read_record(store, pos, path) for pos, path in zip(positions, paths)]
+    if any(records):
+        say(f"{out}: {sum(r is not None for r in records)} of {len(paths)} images already done, continuing")
+    todo = [path for path, rec in zip(paths, records) if rec is None]
+    workers = default_proposal_workers() if proposal_workers is None else proposal_workers
+    stream = proposals_ahead(detector, todo, workers)
+    done: list[dict] = []  # per-image records, in list order
     summary: dict = {"images": [], "skipped": []}
     used: set[str] = set()
-    positions = list(range(len(paths))) if positions is None else list(positions)
     try:
-        for pos, path in tqdm(list(zip(positions, map(Path, paths))), desc="detect", unit="image",
-                              disable=not progress):
-            try:
-                pixels = load_image(path)
-            except InputError as e:
-                summary["skipped"].append({"file": str(path), "error": e.problem, "index": pos})
-                say(f"skipped {path}: {e.problem}")
-                continue
-            start, before = time.perf_counter(), dict(detector.timings)
-            dets = detector.detect(pixels)
-            stages = {k: round(v - before[k], 3) for k, v in detector.timings.items()}
-            key = _unique_name(path.stem, used)
-            save_detections_png(out / f"{key}.png", pixels, dets, detector.classes)
-            done.append((path, key, (pixels.shape[1], pixels.shape[0]), dets, stages, pos))
-            line = _summary_line(path, dets, detector.classes, time.perf_counter() - start, stages)
-            say(line)
+        for pos, path, rec in tqdm(list(zip(positions, paths, records)), desc="detect", unit="image",
+                                   disable=not progress):
+            if rec is None:
+                start, before = time.perf_counter(), dict(detector.timings)
+                boxes = next(stream)
+                try:
+                    pixels = load_image(path)
+                except InputError as e:
+                    summary["skipped"].append({"file": str(path), "error": e.problem, "index": pos})
+                    say(f"skipped {path}: {e.problem}")
+                    continue
+                dets = detector.detect(pixels, boxes)
+                stages = {k: round(v - before[k], 3) for k, v in detector.timings.items()}
+                rec = _new_record(pos, path, _unique_name(path.stem, used), pixels.shape, dets, stages)
+                save_detections_png(out / f"{rec['png']}", pixels, dets, detector.classes)
+                atomic_write_json(store / f"{pos}.json", rec, indent=None)
+                say(_summary_line(path, dets, detector.classes, time.perf_counter() - start, stages))
+            used.add(rec["png"][:-len(".png")])
+            done.append(rec)
     finally:
+        stream.close()  # stops the proposal workers
         _write_results(out, done, detector.classes, summary)
     return summary
+
+
+def _fingerprint(detector: Detector) -> str:
+    """sha256 of the detector's classes, config and every member's weights: a rerun continues
+    only what the same detector started."""
+    import hashlib
+
+    from backbone.config import config_to_dict
+
+    digest = hashlib.sha256(json.dumps({"classes": detector.classes, "config": config_to_dict(detector.config)},
+                                       sort_keys=True, default=str).encode())
+    for model, _ in detector.members:
+        for name, t in model.state_dict().items():
+            digest.update(name.encode())
+            digest.update(t.detach().cpu().float().numpy().tobytes())  # C order, any layout
+    return digest.hexdigest()
+
+
+def _open_store(out: Path, fingerprint: str, say: Callable[[str], None]) -> Path:
+    """OUT/.per_image/ holding this detector's finished images; emptied if another made them."""
+    store = out / PER_IMAGE
+    stamp = store / "fingerprint.json"
+    if store.is_dir():
+        saved = read_json(stamp).get("fingerprint") if stamp.is_file() else None
+        if saved != fingerprint:
+            say(f"{out}: earlier results came from another model or config; starting over")
+            shutil.rmtree(store)
+    store.mkdir(parents=True, exist_ok=True)
+    if not stamp.is_file():
+        atomic_write_json(stamp, {"fingerprint": fingerprint})
+    return store
+
+
+def _read_record(store: Path, pos: int, path: Path) -> dict | None:
+    """The finished result of image `pos` if it is this file's (the list may have changed)."""
+    file = store / f"{pos}.json"
+    if not file.is_file():
+        return None
+    rec = read_json(file)
+    return rec if rec.get("file") == str(path) and (store.parent / rec["png"]).is_file() else None
+
+
+def _new_record(pos: int, path: Path, key: str, shape: tuple, dets: dict[str, Tensor],
+                stages: dict[str, float]) -> dict:
+    """One image's result as JSON: float32 boxes and scores survive the round trip exactly."""
+    return {"index": pos, "file": str(path), "png": f"{key}.png", "width": shape[1], "height": shape[0],
+            "boxes": dets["boxes"].tolist(), "scores": dets["scores"].tolist(),
+            "labels": dets["labels"].tolist(), "seconds": stages}
 
 
 def _unique_name(stem: str, used: set[str]) -> str:
@@ -87,21 +157,25 @@ def _summary_line(path: Path, dets: dict[str, Tensor], classes: list[str], secon
     return f"{path}: {len(dets['scores'])} detections ({best}{more}) in {seconds:.1f} s ({split})"
 
 
-def _write_results(out: Path, done: list, classes: list[str], summary: dict) -> None:
+def _write_results(out: Path, done: list[dict], classes: list[str], summary: dict) -> None:
     """detections.json over the finished images (ids 0.. in order) and run.json."""
     from detect.data import DetectionDataset, ImageRecord
     from detect.results import write_detections
 
-    records, dets = [], {}
-    for image_id, (path, key, (width, height), d, stages, pos) in enumerate(done):
-        records.append(ImageRecord(image_id, key, path.resolve(), width, height,
-                                   torch.zeros(0, 4), torch.zeros(0, dtype=torch.int64),
-                                   torch.zeros(0, dtype=torch.bool)))
-        dets[image_id] = d
-        summary["images"].append({"image_id": image_id, "file": str(path), "png": f"{key}.png",
-                                  "width": width, "height": height,
-                                  "detections": len(d["scores"]), "seconds": stages, "index": pos})
-    dataset = DetectionDataset(classes, records, out, list(range(1, len(classes) + 1)))
+    images, dets = [], {}
+    for image_id, rec in enumerate(done):
+        path = Path(rec["file"])
+        images.append(ImageRecord(image_id, rec["png"][:-len(".png")], path.resolve(), rec["width"],
+                                  rec["height"], torch.zeros(0, 4), torch.zeros(0, dtype=torch.int64),
+                                  torch.zeros(0, dtype=torch.bool)))
+        dets[image_id] = {"boxes": torch.tensor(rec["boxes"], dtype=torch.float32).reshape(-1, 4),
+                          "scores": torch.tensor(rec["scores"], dtype=torch.float32),
+                          "labels": torch.tensor(rec["labels"], dtype=torch.int64)}
+        summary["images"].append({"image_id": image_id, "file": rec["file"], "png": rec["png"],
+                                  "width": rec["width"], "height": rec["height"],
+                                  "detections": len(rec["scores"]), "seconds": rec["seconds"],
+                                  "index": rec["index"]})
+    dataset = DetectionDataset(classes, images, out, list(range(1, len(classes) + 1)))
     write_detections(out / "detections.json", dets, dataset)
     atomic_write_json(out / "run.json", summary)
 
