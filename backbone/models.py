@@ -20,7 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from backbone.errors import InputError
-from backbone.googlenet import GoogLeNet, GoogLeNetOutputs
+from backbone.googlenet import GoogLeNet, GoogLeNetOutputs, he_init
 from backbone.io import atomic_write_json, load_weights, read_json, save_weights
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -90,13 +90,19 @@ ARCHS = {"googlenet": GoogLeNet, "torchvision_googlenet": TorchvisionGoogLeNet}
 
 
 def build_model(arch: str, num_classes: int, width: float = 1.0, aux_logits: bool = True,
-                dropout: float | None = None, aux_dropout: float = 0.7) -> nn.Module:
-    """A classifier of architecture `arch` (see ARCHS)."""
+                dropout: float | None = None, aux_dropout: float = 0.7,
+                init: str = "caffe") -> nn.Module:
+    """A classifier of architecture `arch` (see ARCHS); `init` "caffe" (the paper's) or "he"."""
     if arch not in ARCHS:
         raise InputError(None, f"unknown arch '{arch}' (choose from {', '.join(ARCHS)})")
+    if init not in ("caffe", "he"):
+        raise InputError(None, f"unknown init '{init}' (choose caffe or he)")
     if arch == "googlenet":
-        return GoogLeNet(num_classes, width=width, aux_logits=aux_logits,
-                         dropout=0.4 if dropout is None else dropout, aux_dropout=aux_dropout)
+        model = GoogLeNet(num_classes, width=width, aux_logits=aux_logits,
+                          dropout=0.4 if dropout is None else dropout, aux_dropout=aux_dropout)
+        if init == "he":
+            he_init(model)
+        return model
     if width != 1.0:
         raise InputError(None, "torchvision_googlenet has no width multiplier (use width: 1.0)")
     return TorchvisionGoogLeNet(num_classes, aux_logits=aux_logits,

@@ -53,6 +53,7 @@ class ModelConfig:
     aux_dropout: float = 0.7  # dropout in the auxiliary heads (paper: 70%)
     mean: list[float] = field(default_factory=lambda: list(IMAGENET_MEAN))  # RGB mean, 0..1 scale
     std: list[float] = field(default_factory=lambda: list(IMAGENET_STD))  # RGB std, 0..1 scale
+    init: str = "caffe"  # "caffe": the paper's xavier + 0.2 biases; "he": for short runs from scratch
 
 
 @dataclass
@@ -291,7 +292,8 @@ def _train(cfg: ClassifierConfig, data_dir: Path, out_dir: Path, resume: bool,
     classes, train_loader, val_loader = build_loaders(cfg, data_dir, info)
     torch.manual_seed(t.seed)  # the same initial weights in every process
     model = build_model(cfg.model.arch, len(classes), cfg.model.width, aux_logits=True,
-                        dropout=cfg.model.dropout, aux_dropout=cfg.model.aux_dropout).to(info.device)
+                        dropout=cfg.model.dropout, aux_dropout=cfg.model.aux_dropout,
+                        init=cfg.model.init).to(info.device)
     if t.channels_last and info.device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
     optimizer = make_optimizer(model, t)

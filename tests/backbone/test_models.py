@@ -30,3 +30,17 @@ def test_other_architecture_is_refused(tmp_path):
                     ModelMeta("googlenet", 3, list("abc"), width=1.0))
     with pytest.raises(InputError, match="do not match"):
         load_classifier(tmp_path)
+
+
+def test_he_init_option():
+    torch.manual_seed(0)
+    he = build_model("googlenet", 3, width=0.25, init="he")
+    conv = he.inception3a.branch1[0]
+    assert torch.all(conv.bias == 0)
+    fan_in = conv.weight[0].numel()
+    assert abs(conv.weight.std().item() - (2.0 / fan_in) ** 0.5) < 0.2 * (2.0 / fan_in) ** 0.5
+    assert he.fc.weight.std().item() < 0.02 and torch.all(he.fc.bias == 0)
+    caffe = build_model("googlenet", 3, width=0.25)
+    assert torch.all(caffe.inception3a.branch1[0].bias == 0.2)
+    with pytest.raises(InputError, match="init"):
+        build_model("googlenet", 3, init="lecun")
