@@ -48,8 +48,8 @@ def _init_worker(config: Any) -> None:
         _proposer["fn"] = build_proposer(config)
 
 
-def _propose_one(path: str) -> tuple[Tensor | None, float]:
-    """(boxes [N, 4], worker seconds) of one image file; boxes None if it cannot be read
+def _propose_one(path: Any) -> tuple[Tensor | None, float]:
+    """(boxes [N, 4], worker seconds) of one image (path or pixels); boxes None if it cannot be read
     (the caller reads it again and reports the InputError itself)."""
     start = time.perf_counter()
     try:
@@ -93,7 +93,7 @@ def proposals_ahead(detector: Any, paths: Sequence[str | Path], workers: int,
                             initargs=(_worker_config(detector),))
         with pool:
             pending: collections.deque = collections.deque()
-            todo = iter(map(str, paths))
+            todo = iter(paths)
             for path in todo:
                 pending.append(pool.apply_async(_propose_one, (path,)))
                 if len(pending) >= lookahead:
