@@ -15,15 +15,6 @@ from backbone.models import IMAGENET_MEAN, IMAGENET_STD, load_classifier
 TOOL = Path(__file__).resolve().parents[2] / "tools" / "convert_torchvision_weights.py"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny forward passes: one thread avoids oversubscribing a shared 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def torchvision_net(transform_input, num_classes=1000, aux=True):
     """A torchvision googlenet with random weights and non-trivial BatchNorm statistics."""
     torch.manual_seed(0)

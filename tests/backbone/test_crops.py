@@ -17,15 +17,6 @@ BY_HAND = {
 }
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Small resizes: one thread avoids oversubscribing a shared 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def expected_144():
     crops = []
     for scale, (shape, starts, far, mid) in BY_HAND.items():

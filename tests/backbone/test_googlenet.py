@@ -8,15 +8,6 @@ from torch import nn
 from backbone.googlenet import INCEPTION_SPECS, GoogLeNet, GoogLeNetOutputs
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny forward passes: one thread avoids oversubscribing a shared 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def paper_net():
     torch.manual_seed(0)

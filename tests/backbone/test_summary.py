@@ -10,15 +10,6 @@ from backbone.summary import build_summary, format_summary, summarize
 from detect.cli_backbone import summary as summary_command
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny forward passes: one thread avoids oversubscribing a shared 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def paper():
     return build_summary("googlenet", 1.0, 224, 1000, aux=True)
