@@ -5,7 +5,7 @@ same run (issue 7, part 4).
 
 - train-classifier: `backbone.train.train_one_epoch` over the real DataLoader (JPEG decoding,
   random-resized crop, photometric distortion, mirror, in --workers processes) against the same
-  function over a list of pre-made batches of the same size (the step alone: forward with the
+  function over the same loader's batches made beforehand (the step alone: forward with the
   auxiliary heads, loss, backward, SGD, weight average).
 - train-detector: `detect.finetune.train_one_epoch` (images decoded and regions labelled in
   loader workers from a proposal cache, R-CNN sampling, crops warped in batches on the device)
@@ -81,9 +81,7 @@ def bench_classifier(args: argparse.Namespace, tmp: Path, device: torch.device) 
     model = build_model("googlenet", 3, width=args.width, aux_logits=True).to(device)
     ema, optimizer = ModelEMA(model, cfg.train.ema_decay), make_optimizer(model, cfg.train)
     scaler = torch.amp.GradScaler(enabled=False)
-    gen = torch.Generator().manual_seed(0)
-    premade = [(torch.randn(args.batch, 3, args.input_size, args.input_size, generator=gen),
-                torch.randint(0, 3, (args.batch,), generator=gen)) for _ in range(len(loader))]
+    premade = [(x.clone(), y.clone()) for x, y in loader]  # the loader's own batches, made once
 
     def epoch(batches) -> float:
         start = time.perf_counter()
