@@ -20,6 +20,8 @@ resumed from a checkpoint sees exactly the crops an uninterrupted run would have
 """
 from __future__ import annotations
 
+import gzip
+import struct
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -170,3 +172,22 @@ def class_counts(samples: Sequence[Sample], num_classes: int) -> Tensor:
     for _, k in samples:
         counts[k] += 1
     return counts
+
+
+def read_idx(path: str | Path) -> np.ndarray:
+    """An IDX file (optionally gzipped) of unsigned bytes as a numpy array: Fashion-MNIST's
+    images `[N, 28, 28]` or labels `[N]`. Raises InputError naming the file if it is not one."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(path, "IDX file not found")
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as f:
+        data = f.read()
+    zero, dtype, ndim = struct.unpack(">HBB", data[:4])
+    if zero != 0 or dtype != 0x08:
+        raise InputError(path, "not an unsigned-byte IDX file")
+    shape = struct.unpack(f">{ndim}I", data[4:4 + 4 * ndim])
+    array = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
+    if array.size != int(np.prod(shape)):
+        raise InputError(path, f"expected {int(np.prod(shape))} values, found {array.size}")
+    return array.reshape(shape)

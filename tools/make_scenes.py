@@ -30,14 +30,14 @@ from __future__ import annotations
 import argparse
 import colorsys
 import functools
-import gzip
-import struct
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 from scipy import ndimage
+
+from backbone.data import read_idx
 
 CLASSES = ["tshirt_top", "trouser", "pullover", "dress", "coat",
            "sandal", "shirt", "sneaker", "bag", "ankle_boot"]  # Fashion-MNIST label order
@@ -69,18 +69,6 @@ class Scene:
 
 
 # ---------------------------------------------------------------- sources
-
-def read_idx(path: str | Path) -> np.ndarray:
-    """Read a (gzipped) IDX file of unsigned bytes: images [N, 28, 28] or labels [N]."""
-    opener = gzip.open if str(path).endswith(".gz") else open
-    with opener(path, "rb") as f:
-        data = f.read()
-    zero, dtype, ndim = struct.unpack(">HBB", data[:4])
-    if zero != 0 or dtype != 0x08:
-        raise ValueError(f"{path}: not an IDX file of unsigned bytes")
-    shape = struct.unpack(f">{ndim}I", data[4:4 + 4 * ndim])
-    return np.frombuffer(data, np.uint8, offset=4 + 4 * ndim).reshape(shape)
-
 
 def load_fashion_mnist(root: str | Path, part: str) -> tuple[np.ndarray, np.ndarray]:
     """Images [N, 28, 28] uint8 and labels [N] int64 (0..9) of part "train" or "t10k"."""

@@ -12,12 +12,12 @@ Class folders are named so that their sorted order is the official label order 0
 from __future__ import annotations
 
 import argparse
-import gzip
-import struct
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+from backbone.data import read_idx
 
 # Official label order; the "N_" folder prefix keeps sorted folder order == label order.
 CLASSES = ["T-shirt_top", "Trouser", "Pullover", "Dress", "Coat",
@@ -28,21 +28,6 @@ SPLITS = {"train": "train", "val": "t10k"}
 
 def folder_name(label: int) -> str:
     return f"{label}_{CLASSES[label]}"
-
-
-def read_idx(path: Path) -> np.ndarray:
-    """An IDX file (optionally gzipped) as a numpy array (uint8 data only, as Fashion-MNIST)."""
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as f:
-        data = f.read()
-    zero, dtype, ndim = struct.unpack(">HBB", data[:4])
-    if zero != 0 or dtype != 0x08:
-        raise ValueError(f"{path}: not an unsigned-byte IDX file")
-    shape = struct.unpack(f">{ndim}I", data[4:4 + 4 * ndim])
-    array = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
-    if array.size != int(np.prod(shape)):
-        raise ValueError(f"{path}: expected {int(np.prod(shape))} values, found {array.size}")
-    return array.reshape(shape)
 
 
 def find_idx(src: Path, stem: str) -> Path:
