@@ -7,18 +7,9 @@ import pytest
 import torch
 from PIL import Image
 
-from detect.cli import main
+from cli_helpers import run
 from detect.data import load_dataset, write_voc
 from detect.results import write_detections
-
-
-def run(capsys, *argv: str) -> tuple[int, str, str]:
-    """Run `detect ARGV` as the console script does; return (exit status, stdout, stderr)."""
-    with pytest.raises(SystemExit) as e:
-        main(list(argv))
-        raise SystemExit(0)
-    out = capsys.readouterr()
-    return e.value.code, out.out, out.err
 
 
 @pytest.fixture

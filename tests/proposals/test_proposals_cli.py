@@ -8,17 +8,8 @@ import torch
 from PIL import Image
 from proposal_scenes import RECTS, rectangles_image
 
-from detect.cli import main
+from cli_helpers import run
 from detect.data import write_voc
-
-
-def run(capsys, *argv: str) -> tuple[int, str, str]:
-    """Run `detect ARGV` as the console script does; return (exit status, stdout, stderr)."""
-    with pytest.raises(SystemExit) as e:
-        main(list(argv))
-        raise SystemExit(0)
-    out = capsys.readouterr()
-    return e.value.code, out.out, out.err
 
 
 @pytest.fixture
