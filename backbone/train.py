@@ -18,6 +18,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -74,8 +75,10 @@ class DataConfig:
 class TrainConfig:
     epochs: int = 250  # passes over the training set
     batch_size: int = 32  # GLOBAL batch (split evenly over torchrun processes); Caffe: 32
+    optimizer: str = "sgd"  # "sgd" (paper: SGD with momentum) or "adamw" (for short runs)
     lr: float = 0.01  # base learning rate (Caffe reference: 0.01)
-    momentum: float = 0.9  # SGD momentum (paper: 0.9)
+    momentum: float = 0.9  # SGD momentum (paper: 0.9); AdamW's beta1
+    lr_schedule: str = "step"  # "step" (paper: x lr_gamma every lr_step_epochs) or "cosine" (to 0 at the end)
     weight_decay: float = 2e-4  # L2 on weights, not biases (Caffe reference: 2e-4)
     lr_gamma: float = 0.96  # learning-rate factor applied every lr_step_epochs (paper: 0.96)
     lr_step_epochs: int = 8  # epochs between learning-rate decreases (paper: 8)
@@ -97,9 +100,17 @@ class ClassifierConfig:
     train: TrainConfig = field(default_factory=TrainConfig)  # optimisation
 
 
+OPTIMIZERS = ("sgd", "adamw")
+LR_SCHEDULES = ("step", "cosine")
+
+
 def learning_rate(cfg: TrainConfig, epoch: float) -> float:
-    """The rate at (fractional) `epoch`: step decay by lr_gamma every lr_step_epochs, after warmup."""
-    lr = cfg.lr * cfg.lr_gamma ** (int(epoch) // cfg.lr_step_epochs)
+    """The rate at (fractional) `epoch`, after a linear warmup: step decay by lr_gamma every
+    lr_step_epochs (the paper's), or a half cosine from lr to 0 over `epochs`."""
+    if cfg.lr_schedule == "cosine":
+        lr = cfg.lr * 0.5 * (1.0 + math.cos(math.pi * min(epoch / max(cfg.epochs, 1), 1.0)))
+    else:
+        lr = cfg.lr * cfg.lr_gamma ** (int(epoch) // cfg.lr_step_epochs)
     if cfg.warmup_epochs > 0 and epoch < cfg.warmup_epochs:
         lr *= epoch / cfg.warmup_epochs
     return lr
@@ -245,13 +256,26 @@ def build_loaders(cfg: ClassifierConfig, data_dir: Path, info: dist_utils.DistIn
     return classes, train_loader, val_loader
 
 
-def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.SGD:
-    """SGD with momentum; weight decay on weights only (Caffe's reference puts none on biases)."""
+def check_train_config(cfg: TrainConfig) -> None:
+    """Raise InputError on an optimizer or schedule name we do not know."""
+    if cfg.optimizer not in OPTIMIZERS:
+        raise InputError(None, f"train.optimizer must be one of {', '.join(OPTIMIZERS)}, got '{cfg.optimizer}'")
+    if cfg.lr_schedule not in LR_SCHEDULES:
+        raise InputError(None, f"train.lr_schedule must be one of {', '.join(LR_SCHEDULES)}, "
+                               f"got '{cfg.lr_schedule}'")
+
+
+def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """SGD with momentum (the paper's) or AdamW (decoupled decay); weight decay on weights only
+    (Caffe's reference puts none on biases)."""
+    check_train_config(cfg)
     decay = [p for p in model.parameters() if p.ndim > 1]
     no_decay = [p for p in model.parameters() if p.ndim <= 1]
-    return torch.optim.SGD([{"params": decay, "weight_decay": cfg.weight_decay},
-                            {"params": no_decay, "weight_decay": 0.0}],
-                           lr=cfg.lr, momentum=cfg.momentum)
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay},
+              {"params": no_decay, "weight_decay": 0.0}]
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.momentum, 0.999))
+    return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum)
 
 
 def _seed_epoch(seed: int, epoch: int, rank: int) -> None:
@@ -289,6 +313,7 @@ def train_classifier(cfg: ClassifierConfig, data_dir: str | Path, out_dir: str |
 def _train(cfg: ClassifierConfig, data_dir: Path, out_dir: Path, resume: bool,
            info: dist_utils.DistInfo) -> Path:
     t = cfg.train
+    check_train_config(t)
     classes, train_loader, val_loader = build_loaders(cfg, data_dir, info)
     torch.manual_seed(t.seed)  # the same initial weights in every process
     model = build_model(cfg.model.arch, len(classes), cfg.model.width, aux_logits=True,

@@ -191,13 +191,13 @@ class Detector:
         image: path | uint8 H x W x 3 RGB array | PIL image.
         boxes (Tensor[R, 4]): xyxy pixels of the image (array or lists accepted).
         Returns Tensor[R, K+1] float32 on the CPU; rows sum to 1; column 0 is background.
-        Regions go through the network `inference.batch_size` at a time (bounded memory).
+        Regions go through the network `batch_size()` at a time (bounded memory).
         """
         pixels = load_image(image)
         boxes = _as_boxes(boxes)
         out = torch.zeros((len(boxes), len(self.classes) + 1))
         normalised: dict[tuple, Tensor] = {}  # one normalised copy per distinct mean/std
-        step = max(1, self.config.inference.batch_size)
+        step = self.batch_size()
         for start in range(0, len(boxes), step):
             batch = boxes[start:start + step]
             crops: dict[tuple, Tensor] = {}
@@ -227,6 +227,13 @@ class Detector:
         dets = select_detections(boxes, scores, inf.nms_iou, inf.score_threshold, inf.max_detections)
         self.timings["nms"] += time.perf_counter() - start
         return dets
+
+    def batch_size(self) -> int:
+        """Regions per forward pass: inference.batch_size, or for 0 the measured best of this
+        device kind (CPU: 16, whose activations stay in the caches -- twice the crops/s of 64
+        for a full-width member in bfloat16 on a 2-core Xeon; CUDA: 128)."""
+        size = self.config.inference.batch_size
+        return size if size > 0 else (128 if self.device.type == "cuda" else 16)
 
     # ---- internals ---------------------------------------------------------------------------
 
@@ -263,9 +270,12 @@ class Detector:
         (fast=False: float32)."""
         start = time.perf_counter()
         dtype = self.dtype if fast else None
+        # The trunk runs in the fast dtype; the head (pool + linear) in float32: logits rounded
+        # to bfloat16 (8 significant bits: steps of 0.25 at 40) would shift a peaked softmax by
+        # several hundredths on their own, for a negligible share of the multiply-adds.
         with torch.autocast(self.device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None):
-            logits = model(crops)
-        probs = logits.float().softmax(dim=1)
+            features = model.forward_features(crops)
+        probs = model.forward_head(features.float()).float().softmax(dim=1)
         self._sync()
         self.timings["network"] += time.perf_counter() - start
         return probs

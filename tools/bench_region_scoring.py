@@ -141,7 +141,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--device", default="auto", help="cpu, cuda or auto")
     p.add_argument("--regions", type=int, default=1000, help="random boxes scored")
-    p.add_argument("--batch-size", type=int, default=64, help="regions per forward pass")
+    p.add_argument("--batch-size", type=int, default=16, help="regions per forward pass (Detector default on a CPU: 16)")
     p.add_argument("--width", type=float, default=1.0, help="GoogLeNet width multiplier")
     p.add_argument("--crop", type=int, default=224, help="crop side")
     p.add_argument("--classes", type=int, default=200, help="foreground classes K (ILSVRC: 200)")

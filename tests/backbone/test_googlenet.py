@@ -3,9 +3,10 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from backbone.googlenet import INCEPTION_SPECS, GoogLeNet, GoogLeNetOutputs
+from backbone.googlenet import INCEPTION_SPECS, GoogLeNet, GoogLeNetOutputs, LocalResponseNorm
 
 
 @pytest.fixture(scope="module")
@@ -108,3 +109,33 @@ def test_reset_classifier():
     assert net.aux1.classifier.out_features == 3 and net.aux2.classifier.out_features == 3
     assert torch.equal(net.inception5b.branch1[0].weight, trunk)  # the trunk is kept
     assert net.eval()(torch.randn(1, 3, 64, 64)).shape == (1, 3)
+
+
+@pytest.mark.parametrize("channels", [7, 64])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_fast_lrn_equals_torch(channels, channels_last):
+    """Our LRN (one band-matrix product) computes torch's / Caffe's function, values and gradients."""
+    lrn = LocalResponseNorm(5, alpha=1e-4, beta=0.75, k=1.0)
+    x = (torch.randn(2, channels, 5, 6, generator=torch.Generator().manual_seed(0)) * 40).double()
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    x.requires_grad_(True)
+    ours = lrn(x)
+    ours.square().sum().backward()
+    grad_ours, x.grad = x.grad.clone(), None
+    ref = F.local_response_norm(x, 5, alpha=1e-4, beta=0.75, k=1.0)
+    ref.square().sum().backward()
+    assert (ours - ref).abs().max().item() < 1e-12
+    assert (grad_ours - x.grad).abs().max().item() < 1e-12
+    assert (ours - x).abs().max().item() > 1e-3  # large inputs: the normalisation really acts
+    with torch.no_grad():  # the in-place inference path
+        assert torch.allclose(lrn(x), ref, atol=1e-12, rtol=0)
+
+
+def test_fast_lrn_window_at_the_edges():
+    """Channel c sums squares of channels c-2..c+2 that exist (zero padding), divided by 5."""
+    lrn = LocalResponseNorm(5, alpha=1.0, beta=1.0, k=1.0)
+    x = torch.tensor([1.0, 2.0, 3.0, 4.0]).view(1, 4, 1, 1)
+    sums = torch.tensor([1 + 4 + 9, 1 + 4 + 9 + 16, 1 + 4 + 9 + 16, 4 + 9 + 16])
+    expected = x.flatten() / (1.0 + sums / 5.0)
+    assert torch.allclose(lrn(x).flatten(), expected)

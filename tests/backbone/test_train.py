@@ -11,7 +11,8 @@ from backbone.config import load_config
 from backbone.errors import InputError
 from backbone.io import load_weights
 from backbone.models import load_classifier
-from backbone.train import ClassifierConfig, ModelEMA, TrainConfig, learning_rate, train_classifier
+from backbone.train import (ClassifierConfig, ModelEMA, TrainConfig, learning_rate, make_optimizer,
+                            train_classifier)
 from classification_data import make_image_folder
 
 # Tiny and fast: width 1/8, 32 x 32 inputs, 3 classes of 8 training images.
@@ -39,6 +40,24 @@ def test_learning_rate_drops_4_percent_every_8_epochs():
     assert math.isclose(learning_rate(warm, 0.5), 0.1 * 0.25)  # ramp 0.5 / 2
     assert math.isclose(learning_rate(warm, 1.5), 0.05 * 0.75)  # decayed once, still ramping
     assert math.isclose(learning_rate(warm, 3), 0.1 * 0.125)
+
+
+def test_cosine_schedule_and_optimizer_choice():
+    cfg = TrainConfig(lr=0.002, epochs=8, lr_schedule="cosine", warmup_epochs=0.5)
+    assert math.isclose(learning_rate(cfg, 0.25), 0.002 * 0.5 * (1 + math.cos(math.pi * 0.25 / 8)) * 0.5)
+    assert math.isclose(learning_rate(cfg, 4), 0.001)  # half-way: half the rate
+    assert math.isclose(learning_rate(cfg, 8), 0.0, abs_tol=1e-15)
+    assert learning_rate(cfg, 6) < learning_rate(cfg, 5) < learning_rate(cfg, 2)
+    net = nn.Sequential(nn.Linear(3, 2))
+    adamw = make_optimizer(net, TrainConfig(optimizer="adamw", lr=1e-3, momentum=0.8, weight_decay=0.05))
+    assert isinstance(adamw, torch.optim.AdamW)
+    assert adamw.param_groups[0]["betas"] == (0.8, 0.999)
+    assert [g["weight_decay"] for g in adamw.param_groups] == [0.05, 0.0]  # no decay on the bias
+    assert isinstance(make_optimizer(net, TrainConfig()), torch.optim.SGD)
+    with pytest.raises(InputError, match="train.optimizer"):
+        make_optimizer(net, TrainConfig(optimizer="adam"))
+    with pytest.raises(InputError, match="train.lr_schedule"):
+        make_optimizer(net, TrainConfig(lr_schedule="poly"))
 
 
 def test_ema_arithmetic_by_hand():

@@ -153,10 +153,11 @@ def test_detect_dataset_uses_cache(image):
 
     det = Detector([tiny_member(0, spread=20.0)], CLASSES, make_config(score_threshold=0.0, nms_iou=1.0),
                    proposer=lambda px: (BOXES[:4], torch.zeros(4, dtype=torch.uint8)))
+    assert det.config.inference.batch_size == 0 and det.batch_size() == 16  # auto on the CPU
     out = detect_dataset(det, Dataset(), batch_size=3, proposals_cache=Cache(), progress=False)
     assert sorted(out) == [3, 8]
     assert len(out[3]["scores"]) == 2 * 3 and len(out[8]["scores"]) == 4 * 3
-    assert det.config.inference.batch_size == 64  # restored
+    assert det.config.inference.batch_size == 0  # restored
 
 
 def test_fast_precision_agrees_with_float32(image):

@@ -318,6 +318,8 @@ def test_two_gloo_processes_match_one_process(tmp_path, one_thread):
     a = MultiBox.load(one).net.state_dict()
     b = MultiBox.load(tmp_path / "two").net.state_dict()
     for key in a:
-        torch.testing.assert_close(b[key], a[key], rtol=1e-4, atol=1e-5, msg=key)
+        # Float rounding differs with the per-process batch (4 rows vs 8 in each matrix product,
+        # e.g. LRN's): up to ~1.4e-5 here, far below an averaging error, which moves whole updates.
+        torch.testing.assert_close(b[key], a[key], rtol=1e-4, atol=5e-5, msg=key)
     lines = (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()
     assert len(lines) == 1 and json.loads(lines[0])["images"] == 16
