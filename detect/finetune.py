@@ -21,6 +21,7 @@ the single-process one on the whole mini-batch.
 from __future__ import annotations
 
 import copy
+import math
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -177,8 +178,23 @@ def validate(model: nn.Module, meta: ModelMeta, classes: list[str], cfg: Detecto
 
 
 def _lr_at(ft: FinetuneConfig, epoch: int) -> float:
-    """Step schedule: lr * gamma ** (epoch // lr_step_epochs); constant when lr_step_epochs is 0."""
+    """The rate of an epoch. step: lr * gamma ** (epoch // lr_step_epochs), constant when
+    lr_step_epochs is 0; cosine: lr * (1 + cos(pi * epoch / epochs)) / 2."""
+    if ft.lr_schedule == "cosine":
+        return ft.lr * 0.5 * (1.0 + math.cos(math.pi * epoch / max(ft.epochs, 1)))
     return ft.lr * (ft.lr_gamma ** (epoch // ft.lr_step_epochs) if ft.lr_step_epochs > 0 else 1.0)
+
+
+def make_optimizer(model: nn.Module, ft: FinetuneConfig) -> torch.optim.Optimizer:
+    """SGD with momentum (R-CNN's) or AdamW, as `ft.optimizer` says; InputError on other names."""
+    if ft.optimizer not in ("sgd", "adamw"):
+        raise InputError(None, f"finetune.optimizer must be sgd or adamw, got '{ft.optimizer}'")
+    if ft.lr_schedule not in ("step", "cosine"):
+        raise InputError(None, f"finetune.lr_schedule must be step or cosine, got '{ft.lr_schedule}'")
+    if ft.optimizer == "adamw":
+        return torch.optim.AdamW(model.parameters(), lr=ft.lr, betas=(ft.momentum, 0.999),
+                                 weight_decay=ft.weight_decay)
+    return torch.optim.SGD(model.parameters(), lr=ft.lr, momentum=ft.momentum, weight_decay=ft.weight_decay)
 
 
 def train_member(index: int, init_run: str | Path, classes: list[str], data: _TrainImages,
@@ -192,8 +208,7 @@ def train_member(index: int, init_run: str | Path, classes: list[str], data: _Tr
     model = model.to(dist.device)
     if dist.device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
-    optimizer = torch.optim.SGD(model.parameters(), lr=ft.lr, momentum=ft.momentum,
-                                weight_decay=ft.weight_decay)
+    optimizer = make_optimizer(model, ft)
     ckpt_path = out_dir / "train" / f"member_{index}.pt"
     first_epoch = 0
     if resume and ckpt_path.is_file():
@@ -237,6 +252,7 @@ def _check_inputs(cfg: DetectorConfig, out_dir: Path, resume: bool, n_images: in
                                   "it or choose another --out")
     if ft.fg_per_batch > ft.batch_regions or ft.batch_regions < 1 or ft.members < 1 or ft.epochs < 1:
         raise InputError(None, "finetune: need 1 <= fg_per_batch <= batch_regions, members >= 1, epochs >= 1")
+    make_optimizer(nn.Linear(1, 1), ft)  # unknown optimizer / schedule names fail before any work
     if ft.images_per_batch % dist.world_size:
         raise InputError(None, f"finetune.images_per_batch ({ft.images_per_batch}) must be a multiple "
                                f"of the number of processes ({dist.world_size})")

@@ -13,7 +13,7 @@ from backbone.errors import InputError
 from backbone.io import load_image, load_weights
 from detect.config import DetectorConfig
 from detect.data import load_dataset
-from detect.finetune import init_member, label_image, make_crops, train_detector
+from detect.finetune import _lr_at, init_member, label_image, make_crops, make_optimizer, train_detector
 from detect.regions import to_tensor
 from detect.sampling import sample_minibatch
 from proposals import ProposalCache, compute_proposals
@@ -90,6 +90,23 @@ def test_resume_gives_the_same_weights_as_straight(setup):
     m0, m1 = _member_weights(straight, 0), _member_weights(straight, 1)
     assert not torch.equal(m0["fc.weight"], m1["fc.weight"])
     assert json.loads((straight / "detector.json").read_text())["members"] == ["members/0", "members/1"]
+
+
+def test_optimizer_and_schedule_choices(setup):
+    s = setup
+    ft = _cfg("finetune.optimizer=adamw", "finetune.lr_schedule=cosine", "finetune.epochs=4",
+              "finetune.lr=0.002", "finetune.momentum=0.8").finetune
+    assert [_lr_at(ft, e) for e in range(4)] == pytest.approx([0.002, 0.002 * (1 + 0.5 ** 0.5) / 2, 0.001,
+                                                              0.002 * (1 - 0.5 ** 0.5) / 2])
+    opt = make_optimizer(torch.nn.Linear(2, 2), ft)
+    assert isinstance(opt, torch.optim.AdamW) and opt.param_groups[0]["betas"] == (0.8, 0.999)
+    step = _cfg("finetune.lr_step_epochs=2", "finetune.lr_gamma=0.1").finetune
+    assert [_lr_at(step, e) for e in range(5)] == pytest.approx([0.01, 0.01, 0.001, 0.001, 0.0001])
+    assert isinstance(make_optimizer(torch.nn.Linear(2, 2), step), torch.optim.SGD)
+    with pytest.raises(InputError, match="finetune.optimizer"):  # before any work is done
+        train_detector(_cfg("finetune.optimizer=adam"), s["train"], None, s["cache"], s["init"],
+                       s["root"] / "bad_opt", members=1, device="cpu")
+    assert not (s["root"] / "bad_opt" / "train").exists()
 
 
 def test_non_finite_loss_stops_training(setup):
