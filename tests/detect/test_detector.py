@@ -1,4 +1,6 @@
 """Detector: region scoring, the ensemble mean, per-class NMS, save/load, precision agreement."""
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -174,6 +176,20 @@ def test_fast_precision_agrees_with_float32(image):
     assert (fast - exact).abs().max() <= 0.02
     assert (fast.argmax(1) == exact.argmax(1)).float().mean() >= 0.99
     assert exact.max(1).values.mean() > 0.4  # the check is not on near-uniform outputs
+
+
+def test_fast_precision_keeps_the_head_in_float32(image):
+    """Only the trunk runs in bfloat16: logits 40.1 and 40.0 (equal once rounded to bfloat16,
+    whose step is 0.25 there) keep their float32 softmax ratio e^0.1."""
+    model, meta = tiny_member(0)
+    with torch.no_grad():
+        model.fc.weight.zero_()
+        model.fc.bias.zero_()
+        model.fc.bias[:2] = torch.tensor([40.1, 40.0])
+    exact = Detector([(model, meta)], CLASSES, make_config()).score_regions(image, BOXES)
+    fast = Detector([(model, meta)], CLASSES, make_config(precision="bfloat16")).score_regions(image, BOXES)
+    assert torch.allclose(fast[:, 0] / fast[:, 1], torch.full((len(BOXES),), math.exp(0.1)), rtol=1e-4)
+    torch.testing.assert_close(fast, exact, atol=1e-6, rtol=0)
 
 
 def test_auto_precision_checked_on_first_regions(image, monkeypatch):
