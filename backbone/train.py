@@ -104,11 +104,16 @@ OPTIMIZERS = ("sgd", "adamw")
 LR_SCHEDULES = ("step", "cosine")
 
 
+def cosine_rate(lr: float, progress: float) -> float:
+    """A half cosine from `lr` (progress 0) to 0 (progress 1 and after)."""
+    return lr * 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+
+
 def learning_rate(cfg: TrainConfig, epoch: float) -> float:
     """The rate at (fractional) `epoch`, after a linear warmup: step decay by lr_gamma every
     lr_step_epochs (the paper's), or a half cosine from lr to 0 over `epochs`."""
     if cfg.lr_schedule == "cosine":
-        lr = cfg.lr * 0.5 * (1.0 + math.cos(math.pi * min(epoch / max(cfg.epochs, 1), 1.0)))
+        lr = cosine_rate(cfg.lr, epoch / max(cfg.epochs, 1))
     else:
         lr = cfg.lr * cfg.lr_gamma ** (int(epoch) // cfg.lr_step_epochs)
     if cfg.warmup_epochs > 0 and epoch < cfg.warmup_epochs:

@@ -21,7 +21,6 @@ the single-process one on the whole mini-batch.
 from __future__ import annotations
 
 import copy
-import math
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -37,6 +36,7 @@ from backbone.distributed import DistInfo, all_reduce_sum, barrier, cleanup, ini
 from backbone.errors import InputError
 from backbone.io import append_jsonl, load_image
 from backbone.models import ModelMeta, load_classifier
+from backbone.train import LR_SCHEDULES, OPTIMIZERS, cosine_rate
 from detect.config import DetectorConfig, FinetuneConfig
 from detect.data import DetectionDataset, ImageRecord
 from detect.detector import BACKGROUND, Detector, detect_dataset, save_detector_run
@@ -181,16 +181,22 @@ def _lr_at(ft: FinetuneConfig, epoch: int) -> float:
     """The rate of an epoch. step: lr * gamma ** (epoch // lr_step_epochs), constant when
     lr_step_epochs is 0; cosine: lr * (1 + cos(pi * epoch / epochs)) / 2."""
     if ft.lr_schedule == "cosine":
-        return ft.lr * 0.5 * (1.0 + math.cos(math.pi * epoch / max(ft.epochs, 1)))
+        return cosine_rate(ft.lr, epoch / max(ft.epochs, 1))
     return ft.lr * (ft.lr_gamma ** (epoch // ft.lr_step_epochs) if ft.lr_step_epochs > 0 else 1.0)
+
+
+def check_optimizer_names(ft: FinetuneConfig) -> None:
+    """InputError on an optimizer or schedule name that train-classifier does not know either."""
+    if ft.optimizer not in OPTIMIZERS:
+        raise InputError(None, f"finetune.optimizer must be one of {', '.join(OPTIMIZERS)}, got '{ft.optimizer}'")
+    if ft.lr_schedule not in LR_SCHEDULES:
+        raise InputError(None, f"finetune.lr_schedule must be one of {', '.join(LR_SCHEDULES)}, "
+                               f"got '{ft.lr_schedule}'")
 
 
 def make_optimizer(model: nn.Module, ft: FinetuneConfig) -> torch.optim.Optimizer:
     """SGD with momentum (R-CNN's) or AdamW, as `ft.optimizer` says; InputError on other names."""
-    if ft.optimizer not in ("sgd", "adamw"):
-        raise InputError(None, f"finetune.optimizer must be sgd or adamw, got '{ft.optimizer}'")
-    if ft.lr_schedule not in ("step", "cosine"):
-        raise InputError(None, f"finetune.lr_schedule must be step or cosine, got '{ft.lr_schedule}'")
+    check_optimizer_names(ft)
     if ft.optimizer == "adamw":
         return torch.optim.AdamW(model.parameters(), lr=ft.lr, betas=(ft.momentum, 0.999),
                                  weight_decay=ft.weight_decay)
@@ -252,7 +258,7 @@ def _check_inputs(cfg: DetectorConfig, out_dir: Path, resume: bool, n_images: in
                                   "it or choose another --out")
     if ft.fg_per_batch > ft.batch_regions or ft.batch_regions < 1 or ft.members < 1 or ft.epochs < 1:
         raise InputError(None, "finetune: need 1 <= fg_per_batch <= batch_regions, members >= 1, epochs >= 1")
-    make_optimizer(nn.Linear(1, 1), ft)  # unknown optimizer / schedule names fail before any work
+    check_optimizer_names(ft)  # before any work
     if ft.images_per_batch % dist.world_size:
         raise InputError(None, f"finetune.images_per_batch ({ft.images_per_batch}) must be a multiple "
                                f"of the number of processes ({dist.world_size})")
