@@ -140,7 +140,7 @@ def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, data: _T
                                    ft.fg_per_batch, ft.mirror, seed, epoch, step, positions=mine)
         images = {i: to_tensor(img.numpy(), meta.mean, meta.std, device) for i, img, _ in decoded}
         x, y = make_crops(images, samples, crop, cfg.regions.context_pad)
-        if device.type == "cuda":
+        if ft.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         torch.manual_seed(mix_seed(seed, epoch, step, SEED_DROPOUT, dist.rank))  # dropout masks, reproducibly
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
@@ -212,7 +212,7 @@ def train_member(index: int, init_run: str | Path, classes: list[str], data: _Tr
     seed = ft.seed + index
     model, meta = init_member(init_run, classes, seed, ft.dropout)
     model = model.to(dist.device)
-    if dist.device.type == "cuda":
+    if ft.channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = make_optimizer(model, ft)
     ckpt_path = out_dir / "train" / f"member_{index}.pt"
