@@ -85,6 +85,7 @@ class TrainConfig:
     lr_step_epochs: int = 8  # epochs between learning-rate decreases (paper: 8)
     warmup_epochs: float = 0.0  # linear learning-rate ramp from 0 over this many epochs
     aux_weight: float = 0.3  # weight of each auxiliary classifier's loss (paper: 0.3)
+    label_smoothing: float = 0.0  # target mass spread over all classes (paper: none; Inception v3: 0.1)
     ema_decay: float = 0.9999  # Polyak averaging: per-step decay of the weight average
     workers: int = 4  # DataLoader worker processes per training process
     eval_batch_size: int = 100  # images per forward pass during validation (per process)
@@ -161,12 +162,16 @@ def unwrap(model: nn.Module) -> nn.Module:
     return model.module if isinstance(model, DistributedDataParallel) else model
 
 
-def classification_loss(out: Tensor | GoogLeNetOutputs, labels: Tensor, aux_weight: float) -> Tensor:
-    """Cross-entropy of the main logits plus aux_weight times each auxiliary head's."""
+def classification_loss(out: Tensor | GoogLeNetOutputs, labels: Tensor, aux_weight: float,
+                        label_smoothing: float = 0.0) -> Tensor:
+    """Cross-entropy of the main logits plus aux_weight times each auxiliary head's; with
+    `label_smoothing` e the target puts 1 - e on the label and e spread over all classes."""
+    def ce(logits: Tensor) -> Tensor:
+        return F.cross_entropy(logits, labels, label_smoothing=label_smoothing)
+
     if isinstance(out, GoogLeNetOutputs):
-        return (F.cross_entropy(out.logits, labels)
-                + aux_weight * (F.cross_entropy(out.aux1, labels) + F.cross_entropy(out.aux2, labels)))
-    return F.cross_entropy(out, labels)
+        return ce(out.logits) + aux_weight * (ce(out.aux1) + ce(out.aux2))
+    return ce(out)
 
 
 def train_one_epoch(model: nn.Module, ema: ModelEMA, loader: DataLoader, optimizer: torch.optim.Optimizer,
@@ -191,7 +196,7 @@ def train_one_epoch(model: nn.Module, ema: ModelEMA, loader: DataLoader, optimiz
         if channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
-            loss = classification_loss(model(images), labels, cfg.aux_weight)
+            loss = classification_loss(model(images), labels, cfg.aux_weight, cfg.label_smoothing)
         check_finite_loss(loss, epoch, step)
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
@@ -271,12 +276,14 @@ def build_loaders(cfg: ClassifierConfig, data_dir: Path, info: dist_utils.DistIn
 
 
 def check_train_config(cfg: TrainConfig) -> None:
-    """Raise InputError on an optimizer or schedule name we do not know."""
+    """Raise InputError on an optimizer or schedule name we do not know, or a smoothing outside [0, 1)."""
     if cfg.optimizer not in OPTIMIZERS:
         raise InputError(None, f"train.optimizer must be one of {', '.join(OPTIMIZERS)}, got '{cfg.optimizer}'")
     if cfg.lr_schedule not in LR_SCHEDULES:
         raise InputError(None, f"train.lr_schedule must be one of {', '.join(LR_SCHEDULES)}, "
                                f"got '{cfg.lr_schedule}'")
+    if not 0.0 <= cfg.label_smoothing < 1.0:
+        raise InputError(None, f"train.label_smoothing must be in [0, 1), got {cfg.label_smoothing}")
 
 
 def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:

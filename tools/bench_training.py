@@ -79,6 +79,8 @@ def bench_classifier(args: argparse.Namespace, tmp: Path, device: torch.device) 
     info = DistInfo(0, 1, 0, device)
     _, loader, _ = build_loaders(cfg, tmp / "cls", info)
     model = build_model("googlenet", 3, width=args.width, aux_logits=True).to(device)
+    if cfg.train.channels_last:  # as train_classifier does (both sides run the same step)
+        model = model.to(memory_format=torch.channels_last)
     ema, optimizer = ModelEMA(model, cfg.train.ema_decay), make_optimizer(model, cfg.train)
     scaler = torch.amp.GradScaler(enabled=False)
     premade = [(x.clone(), y.clone()) for x, y in loader]  # the loader's own batches, made once
@@ -119,11 +121,14 @@ def bench_detector(args: argparse.Namespace, tmp: Path, device: torch.device) ->
         cache.put(path.stem, props, torch.zeros(len(props), dtype=torch.uint8))
     data = _TrainImages(records, cache.root, ft)
     model = build_model("googlenet", 4, width=args.width, aux_logits=False).to(device)
+    layout = torch.channels_last if ft.channels_last else torch.contiguous_format
+    model = model.to(memory_format=layout)  # as train_member does
     meta = ModelMeta("googlenet", 4, ["bg", "a", "b", "c"], width=args.width, input_size=args.input_size)
     optimizer = torch.optim.SGD(model.parameters(), lr=ft.lr, momentum=ft.momentum, weight_decay=ft.weight_decay)
     dist = DistInfo(0, 1, 0, device)
     gen = torch.Generator().manual_seed(0)
     crops = torch.randn(args.regions, 3, args.input_size, args.input_size, generator=gen).to(device)
+    crops = crops.contiguous(memory_format=layout)
     labels = torch.randint(0, 4, (args.regions,), generator=gen).to(device)
     state = {"regions": 0}
 

@@ -3,6 +3,7 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 from click.testing import CliRunner
 from torch import nn
 
@@ -11,8 +12,8 @@ from backbone.config import load_config
 from backbone.errors import InputError
 from backbone.io import load_weights
 from backbone.models import load_classifier
-from backbone.train import (ClassifierConfig, ModelEMA, TrainConfig, evaluate, learning_rate, make_optimizer,
-                            train_classifier)
+from backbone.train import (ClassifierConfig, ModelEMA, TrainConfig, classification_loss, evaluate, learning_rate,
+                            make_optimizer, train_classifier)
 from classification_data import make_image_folder
 
 # Tiny and fast: width 1/8, 32 x 32 inputs, 3 classes of 8 training images.
@@ -58,6 +59,24 @@ def test_cosine_schedule_and_optimizer_choice():
         make_optimizer(net, TrainConfig(optimizer="adam"))
     with pytest.raises(InputError, match="train.lr_schedule"):
         make_optimizer(net, TrainConfig(lr_schedule="poly"))
+
+
+def test_label_smoothing_by_hand_and_range_check():
+    from backbone.googlenet import GoogLeNetOutputs
+    logits = torch.tensor([[2.0, 0.0, -1.0], [0.5, 0.5, 3.0]])
+    labels = torch.tensor([0, 2])
+    logp = logits.log_softmax(1)
+    eps = 0.1  # target: 1 - eps + eps/3 on the label, eps/3 elsewhere
+    target = torch.full_like(logp, eps / 3)
+    target[[0, 1], labels] += 1 - eps
+    hand = -(target * logp).sum(1).mean()
+    assert torch.isclose(classification_loss(logits, labels, 0.3, eps), hand)
+    assert torch.isclose(classification_loss(logits, labels, 0.3), F.cross_entropy(logits, labels))
+    out = GoogLeNetOutputs(logits, logits * 0, logits)
+    aux = classification_loss(out, labels, 0.3, eps)
+    assert torch.isclose(aux, hand + 0.3 * (math.log(3) + hand))  # zero logits: ln 3 whatever the target
+    with pytest.raises(InputError, match="label_smoothing"):
+        make_optimizer(nn.Linear(2, 2), TrainConfig(label_smoothing=1.0))
 
 
 def test_ema_arithmetic_by_hand():
