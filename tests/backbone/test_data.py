@@ -123,3 +123,21 @@ def test_prepare_fashion_mnist_writes_class_folders(tmp_path):
     png = np.asarray(Image.open(tmp_path / "out" / "train" / "9_Ankle_boot" / "00002.png"))
     assert png.shape == (28, 28, 3) and np.array_equal(png[:, :, 1], images[2])
     assert [k for _, k in scan_image_folder(tmp_path / "out" / "val")[1]] == [1, 3, 3]
+
+
+def test_probe_tool_shifts_and_mirrors_each_image_by_hand():
+    spec = importlib.util.spec_from_file_location("probe_fashion_mnist", ROOT / "tools" / "probe_fashion_mnist.py")
+    probe = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(probe)
+    x = torch.arange(2 * 5 * 5, dtype=torch.float32).view(2, 1, 5, 5) + 1
+    gen = torch.Generator().manual_seed(3)
+    out = probe.shift_and_mirror(x, 2, gen)
+    # Replay the generator: the same shifts and flips, applied by hand with a zero border.
+    gen = torch.Generator().manual_seed(3)
+    dy, dx = torch.randint(0, 5, (2,), generator=gen), torch.randint(0, 5, (2,), generator=gen)
+    flip = torch.rand(2, generator=gen) < 0.5
+    for b in range(2):
+        padded = torch.nn.functional.pad(x[b, 0], (2, 2, 2, 2))
+        want = padded[dy[b]:dy[b] + 5, dx[b]:dx[b] + 5]
+        assert torch.equal(out[b, 0], want.flip(1) if flip[b] else want), b
+    assert torch.equal(probe.shift_and_mirror(x, 0, torch.Generator().manual_seed(0)).abs().sum(), x.sum())
