@@ -21,6 +21,7 @@ the single-process one on the whole mini-batch.
 from __future__ import annotations
 
 import copy
+import re
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -65,19 +66,65 @@ def label_image(rec: ImageRecord, cache: ProposalCache, ft: FinetuneConfig) -> L
     return label_regions(entry[0], rec.boxes, rec.labels, ft.fg_iou, ft.bg_iou_high, ft.bg_iou_low)
 
 
+INIT_HEADS = ("match", "fresh")
+
+
+def class_key(name: str) -> str:
+    """A class name reduced for matching across data sets: lower case, a leading `N_` index
+    dropped, letters and digits only ('0_T-shirt_top' and 'tshirt_top' both give 'tshirttop';
+    an ImageNet wnid stays itself)."""
+    return re.sub(r"[^0-9a-z]", "", re.sub(r"^\d+_", "", name.strip().lower()))
+
+
+def _main_head(model: nn.Module) -> nn.Linear:
+    """The final linear layer of either architecture (ours: .fc; torchvision's: .net.fc)."""
+    return model.fc if isinstance(getattr(model, "fc", None), nn.Linear) else model.net.fc
+
+
+def carry_class_rows(old_weight: Tensor, old_bias: Tensor, old_classes: list[str], head: nn.Linear,
+                     classes: list[str]) -> list[str]:
+    """Copy into `head` (row 0: background, row j + 1: classes[j]) the classifier's rows of the
+    classes it knows by `class_key`; a key two classifier classes share is left alone. Returns
+    the detection classes that were carried over."""
+    keys: dict[str, int | None] = {}
+    for i, name in enumerate(old_classes):
+        k = class_key(name)
+        keys[k] = None if k in keys else i  # ambiguous: do not guess
+    carried = []
+    with torch.no_grad():
+        for j, name in enumerate(classes):
+            i = keys.get(class_key(name))
+            if i is not None:
+                head.weight[j + 1] = old_weight[i]
+                head.bias[j + 1] = old_bias[i]
+                carried.append(name)
+    return carried
+
+
 def init_member(init_run: str | Path, classes: list[str], seed: int,
-                dropout: float | None) -> tuple[nn.Module, ModelMeta]:
-    """A classifier run with a fresh (K+1)-way head, on the CPU: the starting point of a member."""
+                dropout: float | None, init_head: str = "match") -> tuple[nn.Module, ModelMeta]:
+    """A classifier run with a fresh (K+1)-way head, on the CPU: the starting point of a member.
+
+    init_head "match": the rows of detection classes the classifier already knows (same
+    `class_key`) start from the classifier's own rows, so the member begins by recognising
+    them and only background is new; "fresh": every row new (R-CNN's 200 DET classes from a
+    1000-class model would match by wnid).
+    """
     model, base = load_classifier(init_run, "cpu")
+    old = _main_head(model)
+    old_weight, old_bias = old.weight.detach().clone(), old.bias.detach().clone()
     torch.manual_seed(mix_seed(seed, 0, 0, SEED_HEAD))  # the new head differs between members
     model.reset_classifier(len(classes) + 1)
+    carried = []
+    if init_head == "match":
+        carried = carry_class_rows(old_weight, old_bias, base.classes, _main_head(model), classes)
     if dropout is not None:
         for m in model.modules():
             if isinstance(m, nn.Dropout):
                 m.p = dropout
     meta = ModelMeta(arch=base.arch, num_classes=len(classes) + 1, classes=[BACKGROUND, *classes],
                      width=base.width, input_size=base.input_size, mean=base.mean, std=base.std,
-                     extra={"task": "region_classifier", "init": str(init_run)})
+                     extra={"task": "region_classifier", "init": str(init_run), "head_rows_carried": len(carried)})
     return model, meta
 
 
@@ -186,7 +233,10 @@ def _lr_at(ft: FinetuneConfig, epoch: int) -> float:
 
 
 def check_optimizer_names(ft: FinetuneConfig) -> None:
-    """InputError on an optimizer or schedule name that train-classifier does not know either."""
+    """InputError on an optimizer or schedule name that train-classifier does not know either,
+    or an init_head other than match / fresh."""
+    if ft.init_head not in INIT_HEADS:
+        raise InputError(None, f"finetune.init_head must be one of {', '.join(INIT_HEADS)}, got '{ft.init_head}'")
     if ft.optimizer not in OPTIMIZERS:
         raise InputError(None, f"finetune.optimizer must be one of {', '.join(OPTIMIZERS)}, got '{ft.optimizer}'")
     if ft.lr_schedule not in LR_SCHEDULES:
@@ -210,7 +260,7 @@ def train_member(index: int, init_run: str | Path, classes: list[str], data: _Tr
     """Fine-tune member `index` for cfg.finetune.epochs, checkpointing each epoch."""
     ft = cfg.finetune
     seed = ft.seed + index
-    model, meta = init_member(init_run, classes, seed, ft.dropout)
+    model, meta = init_member(init_run, classes, seed, ft.dropout, ft.init_head)
     model = model.to(dist.device)
     if ft.channels_last:
         model = model.to(memory_format=torch.channels_last)

@@ -170,3 +170,30 @@ def test_torchvision_architecture_member(setup):
     assert det.members[0][1].arch == "torchvision_googlenet"
     scores = det.score_regions(s["train"].images[0].path, s["train"].images[0].boxes)
     assert scores.shape == (len(s["train"].images[0].boxes), 4)
+
+
+def test_head_rows_of_known_classes_start_from_the_classifier(tmp_path):
+    from backbone.models import ModelMeta, build_model, save_classifier
+    from detect.finetune import check_optimizer_names, class_key
+
+    assert class_key("0_T-shirt_top") == class_key("tshirt_top") == "tshirttop"
+    assert class_key("n01440764") == "n01440764" and class_key("9_Ankle_boot") == "ankleboot"
+    torch.manual_seed(0)
+    model = build_model("googlenet", 4, width=0.125)
+    # "square" twice (by key): ambiguous, so that row must not be guessed.
+    names = ["0_Disc", "1_Tri-angle", "2_square", "3_Square"]
+    save_classifier(tmp_path / "cls", model, ModelMeta("googlenet", 4, names, width=0.125, input_size=64))
+    old_w, old_b = model.fc.weight.detach(), model.fc.bias.detach()
+    classes = ["disc", "square", "triangle"]
+    member, meta = init_member(tmp_path / "cls", classes, seed=0, dropout=None)
+    w, b = member.fc.weight.detach(), member.fc.bias.detach()
+    assert w.shape == (4, old_w.shape[1]) and meta.extra["head_rows_carried"] == 2
+    assert torch.equal(w[1], old_w[0]) and torch.equal(b[1], old_b[0])  # disc <- 0_Disc
+    assert torch.equal(w[3], old_w[1]) and torch.equal(b[3], old_b[1])  # triangle <- 1_Tri-angle
+    for row in (0, 2):  # background and the ambiguous square: new rows
+        assert not any(torch.equal(w[row], old_w[i]) for i in range(4)), row
+    fresh, fresh_meta = init_member(tmp_path / "cls", classes, seed=0, dropout=None, init_head="fresh")
+    assert fresh_meta.extra["head_rows_carried"] == 0
+    assert not any(torch.equal(fresh.fc.weight[j], old_w[i]) for j in range(4) for i in range(4))
+    with pytest.raises(InputError, match="init_head"):
+        check_optimizer_names(_cfg("finetune.init_head=copy").finetune)
