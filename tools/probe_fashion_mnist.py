@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import time
 from pathlib import Path
 
@@ -26,7 +25,7 @@ import torch.nn.functional as F
 
 from backbone.data import read_idx
 from backbone.models import build_model
-from backbone.train import classification_loss
+from backbone.train import classification_loss, cosine_rate
 
 MEAN, STD = 0.286, 0.353  # Fashion-MNIST grey level
 
@@ -113,8 +112,7 @@ def main() -> None:
             idx = order[i * a.bs:(i + 1) * a.bs]
             batch = shift_and_mirror(x_train[idx], a.shift, gen).expand(-1, 3, -1, -1)
             batch = batch.contiguous(memory_format=torch.channels_last)
-            lr = a.lr * (step / warm if step < warm
-                         else 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, total - warm))))
+            lr = a.lr * step / warm if step < warm else cosine_rate(a.lr, (step - warm) / max(1, total - warm))
             for g in opt.param_groups:
                 g["lr"] = lr
             loss = classification_loss(model(batch), y_train[idx], a.aux, a.ls)
