@@ -168,7 +168,6 @@ def classification_loss(out: Tensor | GoogLeNetOutputs, labels: Tensor, aux_weig
     `label_smoothing` e the target puts 1 - e on the label and e spread over all classes."""
     def ce(logits: Tensor) -> Tensor:
         return F.cross_entropy(logits, labels, label_smoothing=label_smoothing)
-
     if isinstance(out, GoogLeNetOutputs):
         return ce(out.logits) + aux_weight * (ce(out.aux1) + ce(out.aux2))
     return ce(out)
@@ -216,11 +215,8 @@ def train_one_epoch(model: nn.Module, ema: ModelEMA, loader: DataLoader, optimiz
 @torch.no_grad()
 def evaluate(model: nn.Module | Sequence[nn.Module], loader: DataLoader, device: torch.device,
              channels_last: bool = False) -> dict[str, float] | list[dict[str, float]]:
-    """Top-1 / top-5 accuracy (percent) of `model` on `loader`, summed over all processes.
-
-    Given a list of models (the raw and the averaged weights), all are scored in one pass over
-    the loader (the images are decoded once) and a list of results comes back in that order.
-    """
+    """Top-1 / top-5 accuracy (percent) of `model` on `loader`, summed over all processes. A list
+    of models (raw and averaged weights) is scored in one pass (images decoded once): a list back."""
     models = list(model) if isinstance(model, (list, tuple)) else [model]
     for m in models:
         m.eval()

@@ -103,12 +103,12 @@ def carry_class_rows(old_weight: Tensor, old_bias: Tensor, old_classes: list[str
 
 def init_member(init_run: str | Path, classes: list[str], seed: int,
                 dropout: float | None, init_head: str = "match") -> tuple[nn.Module, ModelMeta]:
-    """A classifier run with a fresh (K+1)-way head, on the CPU: the starting point of a member.
+    """A classifier run with a new (K+1)-way head, on the CPU: the starting point of a member.
 
     init_head "match": the rows of detection classes the classifier already knows (same
-    `class_key`) start from the classifier's own rows, so the member begins by recognising
-    them and only background is new; "fresh": every row new (R-CNN's 200 DET classes from a
-    1000-class model would match by wnid).
+    `class_key`; ILSVRC's 200 DET classes match a 1000-class model by wnid) start from the
+    classifier's own rows, and the background row and unknown classes are new; "fresh": every
+    row new (R-CNN's way). meta.extra["head_rows_carried"] counts the rows carried.
     """
     model, base = load_classifier(init_run, "cpu")
     old = _main_head(model)
@@ -124,7 +124,8 @@ def init_member(init_run: str | Path, classes: list[str], seed: int,
                 m.p = dropout
     meta = ModelMeta(arch=base.arch, num_classes=len(classes) + 1, classes=[BACKGROUND, *classes],
                      width=base.width, input_size=base.input_size, mean=base.mean, std=base.std,
-                     extra={"task": "region_classifier", "init": str(init_run), "head_rows_carried": len(carried)})
+                     extra={"task": "region_classifier", "init": str(init_run),
+                            "head_rows_carried": len(carried)})
     return model, meta
 
 
