@@ -233,7 +233,7 @@ def _lr_at(ft: FinetuneConfig, epoch: int) -> float:
     return ft.lr * (ft.lr_gamma ** (epoch // ft.lr_step_epochs) if ft.lr_step_epochs > 0 else 1.0)
 
 
-def check_optimizer_names(ft: FinetuneConfig) -> None:
+def check_finetune_choices(ft: FinetuneConfig) -> None:
     """InputError on an optimizer or schedule name that train-classifier does not know either,
     or an init_head other than match / fresh."""
     if ft.init_head not in INIT_HEADS:
@@ -247,7 +247,7 @@ def check_optimizer_names(ft: FinetuneConfig) -> None:
 
 def make_optimizer(model: nn.Module, ft: FinetuneConfig) -> torch.optim.Optimizer:
     """SGD with momentum (R-CNN's) or AdamW, as `ft.optimizer` says; InputError on other names."""
-    check_optimizer_names(ft)
+    check_finetune_choices(ft)
     if ft.optimizer == "adamw":
         return torch.optim.AdamW(model.parameters(), lr=ft.lr, betas=(ft.momentum, 0.999),
                                  weight_decay=ft.weight_decay)
@@ -309,7 +309,7 @@ def _check_inputs(cfg: DetectorConfig, out_dir: Path, resume: bool, n_images: in
                                   "it or choose another --out")
     if ft.fg_per_batch > ft.batch_regions or ft.batch_regions < 1 or ft.members < 1 or ft.epochs < 1:
         raise InputError(None, "finetune: need 1 <= fg_per_batch <= batch_regions, members >= 1, epochs >= 1")
-    check_optimizer_names(ft)  # before any work
+    check_finetune_choices(ft)  # before any work
     if ft.images_per_batch % dist.world_size:
         raise InputError(None, f"finetune.images_per_batch ({ft.images_per_batch}) must be a multiple "
                                f"of the number of processes ({dist.world_size})")

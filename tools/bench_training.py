@@ -75,6 +75,7 @@ def bench_classifier(args: argparse.Namespace, tmp: Path, device: torch.device) 
             write_scenes(tmp / "cls" / split / f"class{c}", count // 3 + 1, (args.image_side,) * 2, seed=c)
     cfg = ClassifierConfig()
     cfg.model.width, cfg.model.input_size = args.width, args.input_size
+    cfg.train.channels_last = not args.contiguous
     cfg.train.batch_size, cfg.train.workers = args.batch, args.workers
     info = DistInfo(0, 1, 0, device)
     _, loader, _ = build_loaders(cfg, tmp / "cls", info)
@@ -107,6 +108,7 @@ def bench_detector(args: argparse.Namespace, tmp: Path, device: torch.device) ->
     cfg = DetectorConfig()
     ft = cfg.finetune
     ft.workers, ft.batch_regions, ft.fg_per_batch = args.workers, args.regions, args.regions // 4
+    ft.channels_last = not args.contiguous
     scenes = write_scenes(tmp / "det", args.steps * ft.images_per_batch, (500, 375))
     cache, records, rng = ProposalCache(tmp / "cache"), [], np.random.default_rng(1)
     for i, (path, boxes) in enumerate(scenes):
@@ -166,6 +168,8 @@ def main() -> None:
     p.add_argument("--image-side", type=int, default=256, help="side of the classifier's JPEGs")
     p.add_argument("--regions", type=int, default=32, help="detector regions per step (R-CNN: 128)")
     p.add_argument("--only", choices=["classifier", "detector"], default=None, help="run one part")
+    p.add_argument("--contiguous", action="store_true",
+                   help="train in the plain NCHW layout (default: channels-last, as the commands do)")
     p.add_argument("--json", default=None, help="also write the numbers here")
     args = p.parse_args()
     device = resolve_device(args.device)

@@ -174,7 +174,7 @@ def test_torchvision_architecture_member(setup):
 
 def test_head_rows_of_known_classes_start_from_the_classifier(tmp_path):
     from backbone.models import ModelMeta, build_model, save_classifier
-    from detect.finetune import check_optimizer_names, class_key
+    from detect.finetune import check_finetune_choices, class_key
 
     assert class_key("0_T-shirt_top") == class_key("tshirt_top") == "tshirttop"
     assert class_key("n01440764") == "n01440764" and class_key("9_Ankle_boot") == "ankleboot"
@@ -196,4 +196,4 @@ def test_head_rows_of_known_classes_start_from_the_classifier(tmp_path):
     assert fresh_meta.extra["head_rows_carried"] == 0
     assert not any(torch.equal(fresh.fc.weight[j], old_w[i]) for j in range(4) for i in range(4))
     with pytest.raises(InputError, match="init_head"):
-        check_optimizer_names(_cfg("finetune.init_head=copy").finetune)
+        check_finetune_choices(_cfg("finetune.init_head=copy").finetune)
