@@ -141,8 +141,9 @@ class ImageDataset(Dataset):
     """(image, label) pairs decoded with `load_image` and passed through `transform`.
 
     `transform(image: uint8 [H, W, 3], rng: np.random.Generator) -> Tensor[3, S, S]`. The rng of
-    item i is seeded by (seed, epoch, i); call `set_epoch` before iterating each epoch (a
-    DataLoader with non-persistent workers copies the dataset, epoch included, per iteration).
+    item i is seeded by (seed, epoch, i). The epoch comes with the key, `dataset[(epoch, i)]`
+    (what `backbone.loaders.EpochKeys` yields: persistent workers never see `set_epoch`), or
+    from `set_epoch` for a plain index `dataset[i]`.
     """
 
     def __init__(self, samples: Sequence[Sample], transform: Callable[[np.ndarray, np.random.Generator], Tensor],
@@ -159,10 +160,11 @@ class ImageDataset(Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
-    def __getitem__(self, i: int) -> tuple[Tensor, int]:
+    def __getitem__(self, key: int | tuple[int, int]) -> tuple[Tensor, int]:
+        epoch, i = key if isinstance(key, tuple) else (self.epoch, key)
         path, label = self.samples[i]
         image = load_image(path) if self.max_pixels is None else load_image(path, self.max_pixels)
-        rng = np.random.default_rng(sample_seed(self.seed, self.epoch, i))
+        rng = np.random.default_rng(sample_seed(self.seed, epoch, i))
         return self.transform(image, rng), label
 
 

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, DistributedSampler, Subset
+from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
 from backbone import distributed as dist_utils
@@ -38,6 +38,7 @@ from backbone.data import ImageDataset, derive_seed, scan_image_folder
 from backbone.errors import InputError
 from backbone.googlenet import GoogLeNetOutputs
 from backbone.io import append_jsonl
+from backbone.loaders import EpochKeys, start_workers, worker_init
 from backbone.models import IMAGENET_MEAN, IMAGENET_STD, ModelMeta, build_model, save_classifier
 from backbone.transforms import EvalTransform, TrainTransform
 
@@ -238,16 +239,13 @@ def evaluate(model: nn.Module | Sequence[nn.Module], loader: DataLoader, device:
     return results if isinstance(model, (list, tuple)) else results[0]
 
 
-def _worker_init(_: int) -> None:
-    # Each worker decodes one image at a time; library threads would only fight for cores.
-    import cv2
-    cv2.setNumThreads(1)
-    torch.set_num_threads(1)
-
-
 def build_loaders(cfg: ClassifierConfig, data_dir: Path, info: dist_utils.DistInfo
                   ) -> tuple[list[str], DataLoader, DataLoader]:
-    """(classes, train loader, val loader) for this process (sharded under torchrun)."""
+    """(classes, train loader, val loader) for this process (sharded under torchrun).
+
+    Their workers are persistent and already started (`backbone.loaders`): call this before
+    building the model, and `train_loader.sampler.set_epoch(epoch)` before each epoch.
+    """
     classes, train_samples = scan_image_folder(data_dir / cfg.data.train_split)
     _, val_samples = scan_image_folder(data_dir / cfg.data.val_split, classes)
     t, m, d = cfg.train, cfg.model, cfg.data
@@ -257,17 +255,20 @@ def build_loaders(cfg: ClassifierConfig, data_dir: Path, info: dist_utils.DistIn
     train_tf = TrainTransform(m.input_size, tuple(m.mean), tuple(m.std), (d.min_area, d.max_area),
                               (d.min_aspect, d.max_aspect), d.brightness, d.contrast, d.saturation, d.mirror)
     train_ds = ImageDataset(train_samples, train_tf, seed=t.seed)
-    sampler = DistributedSampler(train_ds, info.world_size, info.rank, shuffle=True, seed=t.seed)
+    sampler = EpochKeys(DistributedSampler(train_ds, info.world_size, info.rank, shuffle=True, seed=t.seed))
     if len(train_ds) < t.batch_size:
         raise InputError(data_dir / d.train_split, f"{len(train_ds)} training images, fewer than "
                                                    f"one batch of {t.batch_size}")
-    common = dict(num_workers=t.workers, pin_memory=info.device.type == "cuda",
-                  worker_init_fn=_worker_init if t.workers else None)
+    # Own generator: creating an iterator then leaves the global RNG (dropout) alone, with or without workers.
+    common = dict(num_workers=t.workers, pin_memory=info.device.type == "cuda", persistent_workers=t.workers > 0,
+                  worker_init_fn=worker_init if t.workers else None, generator=torch.Generator().manual_seed(t.seed))
     train_loader = DataLoader(train_ds, t.batch_size // info.world_size, sampler=sampler,
                               drop_last=True, **common)
     val_ds = ImageDataset(val_samples, EvalTransform(m.input_size, tuple(m.mean), tuple(m.std)))
-    val_shard = Subset(val_ds, range(info.rank, len(val_ds), info.world_size))
-    val_loader = DataLoader(val_shard, t.eval_batch_size, shuffle=False, **common)
+    val_loader = DataLoader(val_ds, t.eval_batch_size, sampler=EpochKeys(range(info.rank, len(val_ds), info.world_size)),
+                            **common)
+    start_workers(train_loader), start_workers(val_loader)
+    val_loader.sampler.set_epoch(0)  # the same images every epoch; the train sampler waits for its epoch
     return classes, train_loader, val_loader
 
 
@@ -359,8 +360,7 @@ def _train(cfg: ClassifierConfig, data_dir: Path, out_dir: Path, resume: bool,
     channels_last = t.channels_last
     for epoch in range(start, t.epochs):
         tick = time.perf_counter()
-        train_loader.sampler.set_epoch(epoch)
-        train_loader.dataset.set_epoch(epoch)
+        train_loader.sampler.set_epoch(epoch)  # shuffle and augmentation seeds (EpochKeys)
         _seed_epoch(t.seed, epoch, info.rank)
         loss = train_one_epoch(net, ema, train_loader, optimizer, t, epoch, info.device, scaler, info.is_main)
         raw, avg = evaluate([model, ema.module], val_loader, info.device, channels_last)

@@ -36,6 +36,7 @@ from backbone.config import config_to_dict, save_config
 from backbone.distributed import DistInfo, all_reduce_sum, barrier, cleanup, init_distributed
 from backbone.errors import InputError
 from backbone.io import append_jsonl, load_image
+from backbone.loaders import start_workers, worker_init
 from backbone.models import ModelMeta, load_classifier
 from backbone.train import LR_SCHEDULES, OPTIMIZERS, cosine_rate
 from detect.config import DetectorConfig, FinetuneConfig
@@ -43,7 +44,7 @@ from detect.data import DetectionDataset, ImageRecord
 from detect.detector import BACKGROUND, Detector, detect_dataset, save_detector_run
 from detect.metrics import evaluate_map
 from detect.regions import to_tensor, warp_regions
-from detect.sampling import (SEED_DROPOUT, SEED_HEAD, LabelledRegions, RegionSample, epoch_batches,
+from detect.sampling import (SEED_DROPOUT, SEED_HEAD, LabelledRegions, RegionSample, EpochSteps,
                              label_regions, mix_seed, sample_minibatch)
 from proposals import ProposalCache
 
@@ -145,11 +146,16 @@ class _TrainImages(torch.utils.data.Dataset):
         return i, torch.from_numpy(load_image(rec.path)), regions
 
 
-def _loader(data: _TrainImages, steps: list[list[int]], dist: DistInfo, workers: int):
-    """Per step, this process's share of the step's images: [(index, image, regions), ...]."""
-    mine = [s[dist.rank::dist.world_size] for s in steps]
-    return torch.utils.data.DataLoader(data, batch_sampler=mine, num_workers=workers, collate_fn=list,
-                                       persistent_workers=False)
+def make_loader(data: _TrainImages, dist: DistInfo, workers: int) -> torch.utils.data.DataLoader:
+    """The fine-tuning loader of a whole run: persistent workers, forked now (before any model
+    is built: `backbone.loaders`). Set its epoch with `loader.batch_sampler.set_epoch(seed, epoch)`;
+    per step it yields this process's share of the step's images: [(index, image, regions), ...]."""
+    steps = EpochSteps(len(data), data.ft.images_per_batch, dist.rank, dist.world_size)
+    loader = torch.utils.data.DataLoader(data, batch_sampler=steps, num_workers=workers, collate_fn=list,
+                                         persistent_workers=workers > 0,
+                                         worker_init_fn=worker_init if workers else None,
+                                         generator=torch.Generator().manual_seed(data.ft.seed))
+    return start_workers(loader)
 
 
 def make_crops(images: dict[int, Tensor], samples: list[RegionSample], crop_size: int,
@@ -168,22 +174,24 @@ def make_crops(images: dict[int, Tensor], samples: list[RegionSample], crop_size
     return x, torch.cat([s.labels for s in samples]).to(x.device)
 
 
-def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, data: _TrainImages,
+def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, loader: torch.utils.data.DataLoader,
                     meta: ModelMeta, cfg: DetectorConfig,
                     seed: int, epoch: int, dist: DistInfo, desc: str) -> dict:
-    """One pass over the training images; returns mean loss, accuracies and regions/s."""
+    """One pass over the training images of `loader` (`make_loader`); returns mean loss,
+    accuracies and regions/s."""
     ft = cfg.finetune
     crop = cfg.regions.crop_size or meta.input_size
-    steps = epoch_batches(len(data), ft.images_per_batch, seed, epoch)
+    loader.batch_sampler.set_epoch(seed, epoch)
+    steps = loader.batch_sampler.steps
     device = dist.device
     amp = device.type == "cuda" and ft.amp
     totals = torch.zeros(5, dtype=torch.float64)  # loss sum, regions, correct, fg regions, fg correct
     model.train()
     start = time.perf_counter()
-    bar = tqdm(_loader(data, steps, dist, ft.workers), total=len(steps), desc=desc,
+    bar = tqdm(loader, total=len(steps), desc=desc,
                disable=not dist.is_main, leave=False)
     for step, decoded in enumerate(bar):
-        mine = range(dist.rank, len(steps[step]), dist.world_size)  # as _loader shares them
+        mine = range(dist.rank, len(steps[step]), dist.world_size)  # as EpochSteps shares them
         samples = sample_minibatch({i: r for i, _, r in decoded}, steps[step], ft.batch_regions,
                                    ft.fg_per_batch, ft.mirror, seed, epoch, step, positions=mine)
         images = {i: to_tensor(img.numpy(), meta.mean, meta.std, device) for i, img, _ in decoded}
@@ -254,7 +262,7 @@ def make_optimizer(model: nn.Module, ft: FinetuneConfig) -> torch.optim.Optimize
     return torch.optim.SGD(model.parameters(), lr=ft.lr, momentum=ft.momentum, weight_decay=ft.weight_decay)
 
 
-def train_member(index: int, init_run: str | Path, classes: list[str], data: _TrainImages,
+def train_member(index: int, init_run: str | Path, classes: list[str], loader: torch.utils.data.DataLoader,
                  cfg: DetectorConfig, out_dir: Path,
                  val: tuple[DetectionDataset, ProposalCache] | None, resume: bool,
                  dist: DistInfo) -> tuple[nn.Module, ModelMeta]:
@@ -281,7 +289,7 @@ def train_member(index: int, init_run: str | Path, classes: list[str], data: _Tr
         for group in optimizer.param_groups:
             group["lr"] = _lr_at(ft, epoch)
         desc = f"member {index + 1}/{ft.members} epoch {epoch + 1}/{ft.epochs}"
-        record = train_one_epoch(net, optimizer, data, meta, cfg, seed, epoch, dist, desc)
+        record = train_one_epoch(net, optimizer, loader, meta, cfg, seed, epoch, dist, desc)
         record = {"member": index, "epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"], **record}
         if dist.is_main:
             if val is not None:
@@ -361,12 +369,14 @@ def _train_detector(cfg: DetectorConfig, dataset: DetectionDataset, val_dataset:
     if skipped and dist.is_main:
         tqdm.write(f"skipped {len(skipped)} images without cached proposals: "
                    f"{', '.join(skipped[:10])}{' ...' if len(skipped) > 10 else ''}")
-    data = _TrainImages([dataset.images[i] for i in kept], cache.root, cfg.finetune)
+    # Workers forked once, before any member is built (backbone.loaders says why).
+    loader = make_loader(_TrainImages([dataset.images[i] for i in kept], cache.root, cfg.finetune),
+                         dist, cfg.finetune.workers)
     if dist.is_main:
         (out_dir / "train").mkdir(parents=True, exist_ok=True)
         save_config(cfg, out_dir / "train" / "config.yaml")
     val = (val_dataset, cache) if val_dataset is not None else None
-    trained = [train_member(m, init_run, dataset.classes, data, cfg, out_dir, val, resume, dist)
+    trained = [train_member(m, init_run, dataset.classes, loader, cfg, out_dir, val, resume, dist)
                for m in range(cfg.finetune.members)]
     if dist.is_main:
         multibox = cfg.proposals.multibox.model if cfg.proposals.multibox.enabled else None

@@ -94,6 +94,29 @@ def epoch_batches(num_images: int, images_per_batch: int, seed: int, epoch: int)
     return [order[i * images_per_batch:(i + 1) * images_per_batch] for i in range(steps)]
 
 
+class EpochSteps:
+    """Batch sampler of fine-tuning: per step, this process's share of `epoch_batches`.
+
+    Yields nothing until `set_epoch(seed, epoch)` (so a persistent loader's workers can be
+    started early, `backbone.loaders.start_workers`); `steps` is the whole epoch's image
+    groups (every process's), which the sampling of each step needs.
+    """
+
+    def __init__(self, num_images: int, images_per_batch: int, rank: int = 0, world_size: int = 1):
+        self.num_images, self.images_per_batch = num_images, images_per_batch
+        self.rank, self.world_size = rank, world_size
+        self.steps: list[list[int]] = []
+
+    def set_epoch(self, seed: int, epoch: int) -> None:
+        self.steps = epoch_batches(self.num_images, self.images_per_batch, seed, epoch)
+
+    def __iter__(self):
+        return iter([s[self.rank::self.world_size] for s in self.steps])
+
+    def __len__(self) -> int:
+        return len(self.steps)
+
+
 def _draw(pool: Tensor, k: int, g: torch.Generator) -> Tensor:
     """`k` indices from `pool`: without replacement when it is big enough, else all plus repeats."""
     if k <= 0 or len(pool) == 0:

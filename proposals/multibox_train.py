@@ -246,7 +246,8 @@ def make_loader(dataset: BoxImages, t: MultiBoxTrainConfig, world_size: int, ran
     sampler = DistributedSampler(dataset, world_size, rank, shuffle=True, seed=t.seed)
     batch = max(1, t.batch_size // world_size)
     loader = DataLoader(dataset, batch, sampler=sampler, num_workers=t.workers, collate_fn=collate,
-                        drop_last=len(dataset) // world_size >= batch, pin_memory=pin)
+                        drop_last=len(dataset) // world_size >= batch, pin_memory=pin,
+                        persistent_workers=t.workers > 0)  # forked once per run (backbone.loaders)
     return loader, sampler
 
 

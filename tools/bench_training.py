@@ -78,7 +78,8 @@ def bench_classifier(args: argparse.Namespace, tmp: Path, device: torch.device) 
     cfg.train.channels_last = not args.contiguous
     cfg.train.batch_size, cfg.train.workers = args.batch, args.workers
     info = DistInfo(0, 1, 0, device)
-    _, loader, _ = build_loaders(cfg, tmp / "cls", info)
+    _, loader, _ = build_loaders(cfg, tmp / "cls", info)  # workers forked now, as train_classifier does
+    loader.sampler.set_epoch(0)
     model = build_model("googlenet", 3, width=args.width, aux_logits=True).to(device)
     if cfg.train.channels_last:  # as train_classifier does (both sides run the same step)
         model = model.to(memory_format=torch.channels_last)
@@ -102,7 +103,7 @@ def bench_detector(args: argparse.Namespace, tmp: Path, device: torch.device) ->
     """train-detector's epoch (loader workers, cached proposals, device crops) vs pre-made crops."""
     from detect.config import DetectorConfig
     from detect.data import ImageRecord
-    from detect.finetune import _TrainImages, train_one_epoch
+    from detect.finetune import _TrainImages, make_loader, train_one_epoch
     from proposals import ProposalCache
 
     cfg = DetectorConfig()
@@ -121,13 +122,13 @@ def bench_detector(args: argparse.Namespace, tmp: Path, device: torch.device) ->
         props = props.clamp(min=0).clamp(max=torch.tensor([499.0, 374.0, 499.0, 374.0]))
         props[:, 2:] = torch.maximum(props[:, 2:], props[:, :2] + 1)
         cache.put(path.stem, props, torch.zeros(len(props), dtype=torch.uint8))
-    data = _TrainImages(records, cache.root, ft)
+    dist = DistInfo(0, 1, 0, device)
+    loader = make_loader(_TrainImages(records, cache.root, ft), dist, ft.workers)  # before the model, as the command
     model = build_model("googlenet", 4, width=args.width, aux_logits=False).to(device)
     layout = torch.channels_last if ft.channels_last else torch.contiguous_format
     model = model.to(memory_format=layout)  # as train_member does
     meta = ModelMeta("googlenet", 4, ["bg", "a", "b", "c"], width=args.width, input_size=args.input_size)
     optimizer = torch.optim.SGD(model.parameters(), lr=ft.lr, momentum=ft.momentum, weight_decay=ft.weight_decay)
-    dist = DistInfo(0, 1, 0, device)
     gen = torch.Generator().manual_seed(0)
     crops = torch.randn(args.regions, 3, args.input_size, args.input_size, generator=gen).to(device)
     crops = crops.contiguous(memory_format=layout)
@@ -136,7 +137,7 @@ def bench_detector(args: argparse.Namespace, tmp: Path, device: torch.device) ->
 
     def real() -> float:
         start = time.perf_counter()
-        r = train_one_epoch(model, optimizer, data, meta, cfg, 0, 0, dist, "bench")
+        r = train_one_epoch(model, optimizer, loader, meta, cfg, 0, 0, dist, "bench")
         state["regions"] = round(r["regions_per_s"] * r["seconds"])
         return time.perf_counter() - start
 

@@ -10,6 +10,7 @@ from PIL import Image
 
 from backbone.data import ImageDataset, sample_seed, scan_image_folder
 from backbone.errors import InputError
+from backbone.loaders import EpochKeys
 from backbone.transforms import TrainTransform
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -93,6 +94,25 @@ def test_dataset_augmentation_is_a_function_of_seed_epoch_index(tmp_path):
     ds.set_epoch(0)
     assert torch.equal(ImageDataset(samples, tf, seed=3)[0][0], x0)
     assert len({sample_seed(0, e, i) for e in range(3) for i in range(50)}) == 150
+    # (epoch, index) keys, as persistent loader workers receive them, override set_epoch
+    ds.set_epoch(5)
+    assert torch.equal(ds[(0, 0)][0], x0) and torch.equal(ds[(1, 0)][0], ImageDataset(samples, tf, seed=3)[(1, 0)][0])
+    assert not torch.equal(ds[(1, 0)][0], x0)
+
+
+def test_epoch_keys_wait_for_an_epoch_and_carry_it():
+    from torch.utils.data import DistributedSampler
+    inner = DistributedSampler(range(10), num_replicas=2, rank=1, shuffle=True, seed=7)
+    keys = EpochKeys(inner)
+    assert list(keys) == [] and len(keys) == 5  # nothing to prefetch before the first epoch
+    keys.set_epoch(0)
+    first = list(keys)
+    assert [e for e, _ in first] == [0] * 5
+    inner.set_epoch(0)
+    assert [i for _, i in first] == list(inner)  # the wrapped sampler's order, shard 1 of 2
+    keys.set_epoch(3)
+    later = list(keys)
+    assert [e for e, _ in later] == [3] * 5 and [i for _, i in later] != [i for _, i in first]
 
 
 def _load_tool():

@@ -158,6 +158,29 @@ def test_channels_last_training_matches_the_plain_layout(tmp_path):
     assert moved < 1e-4, moved  # different kernels, the same arithmetic
 
 
+def test_persistent_loader_workers_train_as_the_main_process(tmp_path):
+    # Workers are forked once and kept: each epoch's augmentation seeds must still reach them.
+    data = make_image_folder(tmp_path / "data")
+    inline = train_classifier(tiny_config("train.epochs=2"), data, tmp_path / "w0", device="cpu")
+    worker = train_classifier(tiny_config("train.epochs=2", "train.workers=1"), data, tmp_path / "w1", device="cpu")
+    a, b = load_checkpoint(inline / "checkpoint.pt"), load_checkpoint(worker / "checkpoint.pt")
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    assert [r["val_top1"] for r in read_log(inline)] == [r["val_top1"] for r in read_log(worker)]
+
+
+def test_persistent_workers_receive_each_epoch(tmp_path):
+    from backbone.distributed import DistInfo
+    from backbone.train import build_loaders
+    data = make_image_folder(tmp_path / "data")
+    _, loader, val = build_loaders(tiny_config("train.workers=1"), data, DistInfo(0, 1, 0, torch.device("cpu")))
+    assert list(loader) == [] and len(list(val)) > 0  # training waits for its first epoch
+    for epoch in (0, 1):
+        loader.sampler.set_epoch(epoch)
+        got = torch.cat([x for x, _ in loader])
+        order = [i for _, i in loader.sampler][:len(got)]
+        assert torch.equal(got, torch.stack([loader.dataset[(epoch, i)][0] for i in order]))
+
+
 def test_existing_run_needs_resume_and_non_finite_loss_stops(tmp_path):
     data = make_image_folder(tmp_path / "data", per_class=4, val_per_class=1)
     train_classifier(tiny_config("train.epochs=1"), data, tmp_path / "run", device="cpu")

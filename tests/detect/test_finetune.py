@@ -92,6 +92,18 @@ def test_resume_gives_the_same_weights_as_straight(setup):
     assert json.loads((straight / "detector.json").read_text())["members"] == ["members/0", "members/1"]
 
 
+def test_loader_worker_trains_as_the_main_process(setup):
+    # One persistent worker serves every epoch of every member: the same steps as inline.
+    s = setup
+    inline = train_detector(_cfg("finetune.epochs=2"), s["train"], None, s["cache"], s["init"],
+                            s["root"] / "inline", members=2, device="cpu")
+    worker = train_detector(_cfg("finetune.epochs=2", "finetune.workers=1"), s["train"], None, s["cache"],
+                            s["init"], s["root"] / "worker", members=2, device="cpu")
+    for i in range(2):
+        a, b = _member_weights(inline, i), _member_weights(worker, i)
+        assert all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_optimizer_and_schedule_choices(setup):
     s = setup
     ft = _cfg("finetune.optimizer=adamw", "finetune.lr_schedule=cosine", "finetune.epochs=4",

@@ -1,7 +1,7 @@
 """R-CNN region labelling and mini-batch sampling on hand-built overlaps."""
 import torch
 
-from detect.sampling import (IGNORE, LabelledRegions, epoch_batches, label_regions, mix_seed,
+from detect.sampling import (IGNORE, EpochSteps, LabelledRegions, epoch_batches, label_regions, mix_seed,
                              sample_image_regions, sample_minibatch, split_quota)
 
 GT = torch.tensor([[0.0, 0.0, 10.0, 10.0], [100.0, 100.0, 120.0, 120.0]])
@@ -127,3 +127,15 @@ def test_an_image_without_labelled_regions_gives_none():
     empty = LabelledRegions(torch.zeros(2, 4), torch.tensor([IGNORE, IGNORE]))
     batch = sample_minibatch([empty, _image(10, 50)], [0, 1], 32, 8, False, seed=0, epoch=0, step=0)
     assert [s.image for s in batch] == [1] and len(batch[0].labels) == 16
+
+
+def test_epoch_steps_share_each_step_between_processes():
+    ranks = [EpochSteps(9, 4, rank=r, world_size=2) for r in range(2)]
+    assert list(ranks[0]) == [] and len(ranks[0]) == 0  # nothing before set_epoch
+    for r in ranks:
+        r.set_epoch(seed=1, epoch=2)
+    steps = epoch_batches(9, 4, 1, 2)
+    assert ranks[0].steps == steps and len(ranks[1]) == 2
+    assert list(ranks[0]) == [s[0::2] for s in steps] and list(ranks[1]) == [s[1::2] for s in steps]
+    ranks[0].set_epoch(seed=1, epoch=3)
+    assert ranks[0].steps == epoch_batches(9, 4, 1, 3) != steps
