@@ -7,8 +7,8 @@ Run from the repository root (or anywhere: the script finds the root itself). Ev
 `detect` command or a tools/ script, printed before it runs, so the recipe can be followed by
 hand (docs/demo.md lists it):
 
- 1. prepare     tools/prepare_fashion_mnist.py      Fashion-MNIST -> class folders of PNGs
- 2. classifier  detect train-classifier             the narrow GoogLeNet (configs/demo_classifier.yaml)
+ 1. crops       tools/make_item_crops.py            garments pasted on photographs, one per image, class folders
+ 2. classifier  detect train-classifier             the narrow GoogLeNet on them (configs/demo_classifier.yaml)
  3. scenes      tools/make_scenes.py                train / val / test scenes (Pascal VOC)
  4. multibox    detect train-multibox               MultiBox on the train scenes (configs/demo_multibox.yaml)
  5. proposals   detect proposals                    selective search + MultiBox, cached, every split
@@ -44,9 +44,9 @@ SCORE_COMMAND = "score-members"  # internal: `build_demo.py score-members RUN SC
 EXAMPLE_IMAGES = ["test_01000.jpg", "test_01001.jpg", "test_01002.jpg", "test_01003.jpg", "test_01004.jpg"]
 
 # Scene counts and step settings; --quick shrinks everything to dry-run size.
-FULL = {"train": 400, "val": 40, "test": 300, "fmnist_limit": None, "members": 3,
+FULL = {"train": 400, "val": 40, "test": 300, "crops": (30000, 2000), "members": 3,
         "classifier": [], "multibox": [], "detector": []}
-QUICK = {"train": 24, "val": 6, "test": 12, "fmnist_limit": 300, "members": 3,
+QUICK = {"train": 24, "val": 6, "test": 12, "crops": (300, 50), "members": 3,
          "classifier": ["train.epochs=1"], "multibox": ["train.epochs=1", "model.num_priors=64"],
          "detector": ["finetune.epochs=1"]}
 
@@ -93,14 +93,15 @@ class Build:
 
     # ---- the steps ---------------------------------------------------------------------------
 
-    def prepare(self) -> None:
-        limit = ["--limit", str(self.s["fmnist_limit"])] if self.s["fmnist_limit"] else []
-        self.run([sys.executable, "tools/prepare_fashion_mnist.py", "--out", self.path("fashion_mnist"), *limit])
+    def crops(self) -> None:
+        train, val = self.s["crops"]
+        self.run([sys.executable, "tools/make_item_crops.py", "--out", self.path("item_crops"),
+                  "--train", str(train), "--val", str(val), "--size", "56", "--workers", "2"])
 
     def classifier(self) -> None:
         out = self.path("classifier")
         resume = ["--resume"] if (Path(out) / "checkpoint.pt").is_file() else []
-        self.run([*DETECT, "train-classifier", "--data", self.path("fashion_mnist"), "--config",
+        self.run([*DETECT, "train-classifier", "--data", self.path("item_crops"), "--config",
                   "configs/demo_classifier.yaml", "--out", out, "--device", self.device, *resume,
                   *self.s["classifier"]])
 
@@ -269,7 +270,7 @@ def main(argv: list[str] | None = None) -> None:
     settings = dict(QUICK if args.quick else FULL)
     settings.update({s: getattr(args, s) for s in ("train", "val", "test") if getattr(args, s) is not None})
     build = Build(work, settings, args.device, args.install and not args.quick)
-    steps = ["prepare", "classifier", "scenes", "multibox", "proposals", "detector", "evaluate",
+    steps = ["crops", "classifier", "scenes", "multibox", "proposals", "detector", "evaluate",
              "recall", "install", "smoke"]
     for name in steps:
         if args.only is None or name in args.only:

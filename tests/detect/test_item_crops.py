@@ -1,0 +1,73 @@
+"""Garment crops for the demo classifier (tools/make_item_crops.py): geometry, reproducibility, layout."""
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from backbone.data import scan_image_folder
+
+ROOT = Path(__file__).resolve().parents[2]
+FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
+
+
+def _load_tool():
+    spec = importlib.util.spec_from_file_location("make_item_crops", ROOT / "tools" / "make_item_crops.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["make_item_crops"] = module  # worker processes find its functions by module name
+    spec.loader.exec_module(module)
+    return module
+
+
+ic = _load_tool()
+needs_fmnist = pytest.mark.skipif(not (FASHION_MNIST / "train-images-idx3-ubyte.gz").is_file(),
+                                  reason="Fashion-MNIST IDX files (Debian dataset-fashion-mnist) not installed")
+
+
+def test_cut_region_leaves_the_context_the_classifier_centre_crop_expects():
+    # A 60 px white box on black, cut to 64 px: the box fills 192/256 of the side = 48 px,
+    # centred (pixels 8..55); the classifier's centre crop (7/8) then shows it at 48/56 = 192/224.
+    image = np.zeros((200, 300, 3), np.uint8)
+    image[50:110, 100:160] = 255
+    out = ic.cut_region(image, np.array([100, 50, 160, 110], np.float32), 64)
+    assert out.shape == (64, 64, 3)
+    inside = out[:, :, 0] > 127
+    rows, cols = np.nonzero(inside)
+    assert (rows.min(), rows.max(), cols.min(), cols.max()) == (8, 55, 8, 55)
+
+
+def test_cut_region_outside_the_image_is_black():
+    image = np.full((100, 100, 3), 200, np.uint8)
+    out = ic.cut_region(image, np.array([0, 0, 60, 60], np.float32), 32)  # dilated box starts at -10
+    assert out[0, 0].max() == 0 and out[31, 31].min() == 200
+
+
+def test_paste_box_is_the_opaque_item():
+    item = np.zeros((28, 28), np.uint8)
+    item[10:18, 6:22] = 255
+    image, box = ic.paste(np.full((300, 300, 3), 128, np.uint8), item, np.random.default_rng(0))
+    x1, y1, x2, y2 = box.astype(int)
+    changed = np.abs(image.astype(int) - 128).max(axis=2) >= 15
+    assert changed[y1:y2, x1:x2].all()          # the item's opaque block is painted
+    assert 1.4 <= (x2 - x1) / (y2 - y1) <= 2.8  # a 16 x 8 block, stretched by up to 15% each way
+    assert 23 <= max(x2 - x1, y2 - y1) <= 161   # the scenes' item sizes
+
+
+@needs_fmnist
+def test_crops_are_reproducible_class_folders_whatever_the_workers(tmp_path):
+    one = ic.make_item_crops(tmp_path / "one", {"train": 12, "val": 4}, size=40, progress=False)
+    two = ic.make_item_crops(tmp_path / "two", {"train": 12, "val": 4}, size=40, workers=2, progress=False)
+    assert one == two == {"train": 12, "val": 4}
+    classes, samples = scan_image_folder(tmp_path / "one" / "train")
+    assert classes == sorted(ic.CLASSES) and len(samples) == 12
+    files = sorted(p.relative_to(tmp_path / "one") for p in (tmp_path / "one").rglob("*.png"))
+    assert files == sorted(p.relative_to(tmp_path / "two") for p in (tmp_path / "two").rglob("*.png"))
+    assert all((tmp_path / "one" / f).read_bytes() == (tmp_path / "two" / f).read_bytes() for f in files)
+    photos, fm = ic.ms.load_photos(), {"train": ic.ms.load_fashion_mnist(FASHION_MNIST, "train")}
+    pixels, label = ic.make_crop("val", 3, 0, 40, photos, fm)
+    assert pixels.shape == (40, 40, 3) and (tmp_path / "one" / "val" / ic.CLASSES[label] / "000003.png").is_file()
+    with pytest.raises(SystemExit, match="test items"):
+        ic.make_item_crops(tmp_path / "bad", {"test": 1}, progress=False)
