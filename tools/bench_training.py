@@ -99,20 +99,14 @@ def bench_classifier(args: argparse.Namespace, tmp: Path, device: torch.device) 
             "premade_images_per_s": images / premade_s, "ratio": premade_s / real_s}
 
 
-def bench_detector(args: argparse.Namespace, tmp: Path, device: torch.device) -> dict:
-    """train-detector's epoch (loader workers, cached proposals, device crops) vs pre-made crops."""
-    from detect.config import DetectorConfig
+def detector_data(tmp: Path, n: int) -> tuple[list, "ProposalCache"]:
+    """n generated 500x375 scenes as ImageRecords, and a proposal cache of ~1,100 boxes each
+    (40 jittered copies of each ground-truth box plus 1,000 random boxes)."""
     from detect.data import ImageRecord
-    from detect.finetune import _TrainImages, make_loader, train_one_epoch
     from proposals import ProposalCache
 
-    cfg = DetectorConfig()
-    ft = cfg.finetune
-    ft.workers, ft.batch_regions, ft.fg_per_batch = args.workers, args.regions, args.regions // 4
-    ft.channels_last = not args.contiguous
-    scenes = write_scenes(tmp / "det", args.steps * ft.images_per_batch, (500, 375))
     cache, records, rng = ProposalCache(tmp / "cache"), [], np.random.default_rng(1)
-    for i, (path, boxes) in enumerate(scenes):
+    for i, (path, boxes) in enumerate(write_scenes(tmp / "det", n, (500, 375))):
         gt = torch.tensor([b[:4] for b in boxes], dtype=torch.float32)
         records.append(ImageRecord(i, path.stem, path, 500, 375, gt, torch.tensor([b[4] for b in boxes]),
                                    torch.zeros(len(boxes), dtype=torch.bool)))
@@ -122,6 +116,19 @@ def bench_detector(args: argparse.Namespace, tmp: Path, device: torch.device) ->
         props = props.clamp(min=0).clamp(max=torch.tensor([499.0, 374.0, 499.0, 374.0]))
         props[:, 2:] = torch.maximum(props[:, 2:], props[:, :2] + 1)
         cache.put(path.stem, props, torch.zeros(len(props), dtype=torch.uint8))
+    return records, cache
+
+
+def bench_detector(args: argparse.Namespace, tmp: Path, device: torch.device) -> dict:
+    """train-detector's epoch (loader workers, cached proposals, device crops) vs pre-made crops."""
+    from detect.config import DetectorConfig
+    from detect.finetune import _TrainImages, make_loader, train_one_epoch
+
+    cfg = DetectorConfig()
+    ft = cfg.finetune
+    ft.workers, ft.batch_regions, ft.fg_per_batch = args.workers, args.regions, args.regions // 4
+    ft.channels_last = not args.contiguous
+    records, cache = detector_data(tmp, args.steps * ft.images_per_batch)
     dist = DistInfo(0, 1, 0, device)
     loader = make_loader(_TrainImages(records, cache.root, ft), dist, ft.workers)  # before the model, as the command
     model = build_model("googlenet", 4, width=args.width, aux_logits=False).to(device)

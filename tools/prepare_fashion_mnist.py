@@ -1,13 +1,18 @@
 """Fashion-MNIST (IDX files) -> an ImageNet-style folder of RGB PNG images.
 
     python tools/prepare_fashion_mnist.py --out data/fashion-mnist \
-        [--src /usr/share/datasets/fashion-mnist] [--limit N]
+        [--src /usr/share/datasets/fashion-mnist] [--limit N] [--pad P]
 
 Reads `train-images-idx3-ubyte(.gz)`, `train-labels-idx1-ubyte(.gz)`, `t10k-...` from --src
 (the Debian package `dataset-fashion-mnist` installs them in the default place) and writes
 `OUT/train/<class>/<index>.png` (60,000 images) and `OUT/val/<class>/<index>.png` (the 10,000
 test images), 28 x 28 RGB (the grey value in all three channels), plus `OUT/classes.txt`.
 Class folders are named so that their sorted order is the official label order 0..9.
+
+--pad P frames every image (both splits alike) with P pixels of black, Fashion-MNIST's own
+background: a garment fills its 28 x 28 frame edge to edge, so the paper's single centre crop
+(7/8 of the side) would cut off sleeves, soles and handles; with --pad 2 (32 x 32) the centre
+crop keeps the whole garment (docs/classification.md, fourth round).
 """
 from __future__ import annotations
 
@@ -37,18 +42,19 @@ def find_idx(src: Path, stem: str) -> Path:
     raise FileNotFoundError(f"{src}: neither {stem}.gz nor {stem} found")
 
 
-def write_split(images: np.ndarray, labels: np.ndarray, out: Path, limit: int | None) -> int:
-    """Write `images` [N, 28, 28] as RGB PNGs into class folders; returns the number written."""
+def write_split(images: np.ndarray, labels: np.ndarray, out: Path, limit: int | None, pad: int = 0) -> int:
+    """Write `images` [N, 28, 28] as RGB PNGs into class folders, framed by `pad` black pixels
+    ([28 + 2 pad] squared); returns the number written."""
     for label in range(len(CLASSES)):
         (out / folder_name(label)).mkdir(parents=True, exist_ok=True)
     n = len(images) if limit is None else min(limit, len(images))
     for i in range(n):
-        rgb = np.repeat(images[i][:, :, None], 3, axis=2)
+        rgb = np.repeat(np.pad(images[i], pad)[:, :, None], 3, axis=2)
         Image.fromarray(rgb).save(out / folder_name(int(labels[i])) / f"{i:05d}.png")
     return n
 
 
-def prepare(src: Path, out: Path, limit: int | None = None) -> dict[str, int]:
+def prepare(src: Path, out: Path, limit: int | None = None, pad: int = 0) -> dict[str, int]:
     """Convert both splits; returns the image count per split."""
     counts = {}
     for split, prefix in SPLITS.items():
@@ -56,7 +62,7 @@ def prepare(src: Path, out: Path, limit: int | None = None) -> dict[str, int]:
         labels = read_idx(find_idx(src, f"{prefix}-labels-idx1-ubyte"))
         if len(images) != len(labels):
             raise ValueError(f"{src}: {len(images)} {prefix} images but {len(labels)} labels")
-        counts[split] = write_split(images, labels, out / split, limit)
+        counts[split] = write_split(images, labels, out / split, limit, pad)
     (out / "classes.txt").write_text("".join(folder_name(k) + "\n" for k in range(len(CLASSES))))
     return counts
 
@@ -66,8 +72,12 @@ def main() -> None:
     parser.add_argument("--src", type=Path, default=DEFAULT_SRC, help="folder with the IDX files")
     parser.add_argument("--out", type=Path, required=True, help="output folder (train/, val/)")
     parser.add_argument("--limit", type=int, default=None, help="at most this many images per split")
+    parser.add_argument("--pad", type=int, default=0,
+                        help="black pixels framing each image on every side (2: 32 x 32 images)")
     args = parser.parse_args()
-    counts = prepare(args.src, args.out, args.limit)
+    if args.pad < 0:
+        parser.error("--pad must be 0 or more")
+    counts = prepare(args.src, args.out, args.limit, args.pad)
     print(f"wrote {counts['train']} training and {counts['val']} validation images to {args.out}")
 
 

@@ -143,6 +143,11 @@ def test_prepare_fashion_mnist_writes_class_folders(tmp_path):
     png = np.asarray(Image.open(tmp_path / "out" / "train" / "9_Ankle_boot" / "00002.png"))
     assert png.shape == (28, 28, 3) and np.array_equal(png[:, :, 1], images[2])
     assert [k for _, k in scan_image_folder(tmp_path / "out" / "val")[1]] == [1, 3, 3]
+    # --pad frames the garment with black pixels: 32 x 32, the original in the middle
+    tool.prepare(src, tmp_path / "pad", pad=2)
+    padded = np.asarray(Image.open(tmp_path / "pad" / "val" / "1_Trouser" / "00002.png"))
+    assert padded.shape == (32, 32, 3) and np.array_equal(padded[2:30, 2:30, 0], images[2])
+    assert padded[:2].max() == padded[30:].max() == padded[:, :2].max() == padded[:, 30:].max() == 0
 
 
 def test_probe_tool_shifts_and_mirrors_each_image_by_hand():
