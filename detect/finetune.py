@@ -85,19 +85,19 @@ def _main_head(model: nn.Module) -> nn.Linear:
 def carry_class_rows(old_weight: Tensor, old_bias: Tensor, old_classes: list[str], head: nn.Linear,
                      classes: list[str]) -> list[str]:
     """Copy into `head` (row 0: background, row j + 1: classes[j]) the classifier's rows of the
-    classes it knows by `class_key`; a key two classifier classes share is left alone. Returns
-    the detection classes that were carried over."""
+    classes it knows by `class_key` (a classifier class named `__background__` fills row 0); a
+    key two classifier classes share is left alone. Returns the rows carried, by name."""
     keys: dict[str, int | None] = {}
     for i, name in enumerate(old_classes):
         k = class_key(name)
         keys[k] = None if k in keys else i  # ambiguous: do not guess
     carried = []
     with torch.no_grad():
-        for j, name in enumerate(classes):
+        for j, name in enumerate([BACKGROUND, *classes]):
             i = keys.get(class_key(name))
             if i is not None:
-                head.weight[j + 1] = old_weight[i]
-                head.bias[j + 1] = old_bias[i]
+                head.weight[j] = old_weight[i]
+                head.bias[j] = old_bias[i]
                 carried.append(name)
     return carried
 

@@ -79,10 +79,27 @@ def cut_region(image: np.ndarray, box: np.ndarray, size: int) -> np.ndarray:
     return np.asarray(Image.fromarray(image).transform((size, size), Image.EXTENT, region, Image.BILINEAR))
 
 
+def background_box(item_box: np.ndarray, width: int, height: int, rng: np.random.Generator) -> np.ndarray:
+    """A box of an item's size range at a random place of the scene that overlaps `item_box`
+    with IoU < 0.3: what R-CNN's sampling calls background (IoU < 0.5), kept clear of the item."""
+    for _ in range(50):
+        side = float(np.exp(rng.uniform(np.log(ITEM_SIZE[0]), np.log(ITEM_SIZE[1]))))
+        w, h = side * rng.uniform(0.5, 1.0), side
+        w, h = (w, h) if rng.random() < 0.5 else (h, w)
+        w, h = min(w, width), min(height, h)
+        x, y = rng.uniform(0, width - w), rng.uniform(0, height - h)
+        box = np.array([x, y, x + w, y + h], np.float32)
+        if ms.box_iou_np(box, item_box) < 0.3:
+            return box
+    return box
+
+
 def make_crop(split: str, n: int, seed: int, size: int, photos: list[np.ndarray],
-              fmnist: dict[str, tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, int]:
-    """Crop n of `split`: (pixels [size, size, 3] uint8, Fashion-MNIST label 0..9)."""
-    rng = np.random.default_rng([seed, ms.SPLITS[split], n, 7])
+              fmnist: dict[str, tuple[np.ndarray, np.ndarray]],
+              background_class: bool = False) -> tuple[np.ndarray, int]:
+    """Crop n of `split`: (pixels [size, size, 3] uint8, Fashion-MNIST label 0..9), or with
+    `background_class` a region of the scene clear of the item (label -1, seeded apart)."""
+    rng = np.random.default_rng([seed, ms.SPLITS[split], n, 8 if background_class else 7])
     images, labels = fmnist[ms.ITEM_SOURCES[split][0]]
     order = ms.item_order(seed, split)
     k = int(order[n % len(order)])
@@ -91,30 +108,39 @@ def make_crop(split: str, n: int, seed: int, size: int, photos: list[np.ndarray]
     p = int(rng.integers(len(photos)))
     background = ms.crop_background(photos[p], ms.split_region(*photos[p].shape[:2], p, split), scene_size, rng)
     image, box = paste(background, images[k], rng)
+    if background_class:  # a region of the same scene away from the item: label -1
+        return cut_region(image, background_box(box, *scene_size, rng), size), -1
     return cut_region(image, box, size), int(labels[k])
 
 
 _SOURCES: dict = {}  # per process: the photographs and Fashion-MNIST's train file, loaded once
 
 
-def _write_chunk(root: Path, split: str, first: int, stop: int, seed: int, size: int, fashion_mnist: str) -> int:
+BACKGROUND = "__background__"  # the detector's background class name (detect.detector.BACKGROUND)
+
+
+def _write_chunk(root: Path, split: str, first: int, stop: int, seed: int, size: int, fashion_mnist: str,
+                 background: bool = False) -> int:
     """Write crops first..stop-1 of `split` (one worker's share); returns how many."""
     from backbone.io import atomic_path
 
     if not _SOURCES:
         _SOURCES.update(photos=ms.load_photos(), fmnist={"train": ms.load_fashion_mnist(fashion_mnist, "train")})
     for n in range(first, stop):
-        pixels, label = make_crop(split, n, seed, size, _SOURCES["photos"], _SOURCES["fmnist"])
-        with atomic_path(root / split / CLASSES[label] / f"{n:06d}.png") as tmp:
+        pixels, label = make_crop(split, n, seed, size, _SOURCES["photos"], _SOURCES["fmnist"], background)
+        with atomic_path(root / split / (BACKGROUND if background else CLASSES[label]) / f"{n:06d}.png") as tmp:
             Image.fromarray(pixels).save(tmp, format="PNG")
     return stop - first
 
 
 def make_item_crops(out: str | Path, counts: dict[str, int], size: int = 56, seed: int = 0,
                     fashion_mnist: str | Path = FASHION_MNIST_DIR, workers: int = 1,
-                    progress: bool = True) -> dict[str, int]:
+                    background: float = 0.0, progress: bool = True) -> dict[str, int]:
     """Write counts[split] crops per split ("train", "val") as class folders, in `workers`
-    processes (the output does not depend on how many); returns the counts."""
+    processes (the output does not depend on how many); returns the counts. `background` > 0
+    adds round(background x count) crops per split of a class `__background__`: regions of the
+    same kind of scene clear of its item (IoU < 0.3), which the detector's background row can
+    start from (`finetune.init_head: match` carries it)."""
     import multiprocessing as mp
 
     from tqdm import tqdm
@@ -122,12 +148,15 @@ def make_item_crops(out: str | Path, counts: dict[str, int], size: int = 56, see
     if set(counts) - {"train", "val"}:
         raise SystemExit("item crops are made for train and val only (the test items stay unseen)")
     root = Path(out)
+    extra = {s: round(background * c) for s, c in counts.items()}
     for split in counts:
-        for name in CLASSES:
+        for name in CLASSES + ([BACKGROUND] if extra[split] else []):
             (root / split / name).mkdir(parents=True, exist_ok=True)
-    chunks = [(root, s, a, min(a + 500, c), seed, size, str(fashion_mnist))
-              for s, c in counts.items() for a in range(0, c, 500)]
-    bar = tqdm(total=sum(counts.values()), desc="item crops", unit="img", disable=not progress)
+    chunks = [(root, s, a, min(a + 500, c), seed, size, str(fashion_mnist), bg)
+              for bg, per_split in ((False, counts), (True, extra)) for s, c in per_split.items()
+              for a in range(0, c, 500)]
+    bar = tqdm(total=sum(counts.values()) + sum(extra.values()), desc="item crops", unit="img",
+               disable=not progress)
     if workers <= 1:
         for chunk in chunks:
             bar.update(_write_chunk(*chunk))
@@ -154,9 +183,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--fashion-mnist", default=str(FASHION_MNIST_DIR),
                         help="folder with the Fashion-MNIST IDX .gz files")
     parser.add_argument("--workers", type=int, default=1, help="processes writing crops (same output)")
+    parser.add_argument("--background", type=float, default=0.0,
+                        help="also this many background crops per item crop (class __background__; 0: none)")
     args = parser.parse_args(argv)
     counts = make_item_crops(args.out, {"train": args.train, "val": args.val}, args.size, args.seed,
-                             args.fashion_mnist, args.workers)
+                             args.fashion_mnist, args.workers, args.background)
     print(f"wrote {sum(counts.values())} crops to {args.out}: " + ", ".join(f"{s} {c}" for s, c in counts.items()))
 
 

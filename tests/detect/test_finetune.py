@@ -209,3 +209,11 @@ def test_head_rows_of_known_classes_start_from_the_classifier(tmp_path):
     assert not any(torch.equal(fresh.fc.weight[j], old_w[i]) for j in range(4) for i in range(4))
     with pytest.raises(InputError, match="init_head"):
         check_finetune_choices(_cfg("finetune.init_head=copy").finetune)
+    # A classifier with a __background__ class gives its row to the head's background row.
+    bg_model = build_model("googlenet", 3, width=0.125)
+    save_classifier(tmp_path / "bg", bg_model, ModelMeta("googlenet", 3, ["__background__", "disc", "other"],
+                                                         width=0.125, input_size=64))
+    member, meta = init_member(tmp_path / "bg", classes, seed=0, dropout=None)
+    assert meta.extra["head_rows_carried"] == 2
+    assert torch.equal(member.fc.weight[0], bg_model.fc.weight[0]) and torch.equal(member.fc.bias[0], bg_model.fc.bias[0])
+    assert torch.equal(member.fc.weight[1], bg_model.fc.weight[1])  # disc

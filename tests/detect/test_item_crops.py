@@ -56,6 +56,24 @@ def test_paste_box_is_the_opaque_item():
     assert 23 <= max(x2 - x1, y2 - y1) <= 161   # the scenes' item sizes
 
 
+def test_background_boxes_stay_clear_of_the_item():
+    rng = np.random.default_rng(0)
+    item = np.array([100, 80, 180, 200], np.float32)
+    boxes = [ic.background_box(item, 400, 350, rng) for _ in range(200)]
+    assert all(ic.ms.box_iou_np(b, item) < 0.3 for b in boxes)
+    assert all(0 <= b[0] < b[2] <= 400 and 0 <= b[1] < b[3] <= 350 for b in boxes)
+    sides = [max(b[2] - b[0], b[3] - b[1]) for b in boxes]
+    assert min(sides) >= 24 - 1e-3 and max(sides) <= 160 + 1e-3  # the items' size range
+
+
+@needs_fmnist
+def test_background_crops_get_their_own_class(tmp_path):
+    ic.make_item_crops(tmp_path / "bg", {"train": 10, "val": 5}, size=32, background=0.4, progress=False)
+    classes, samples = scan_image_folder(tmp_path / "bg" / "train")
+    assert classes[0] == "__background__" and len(samples) == 14
+    assert sum(k == 0 for _, k in samples) == 4 and len(list((tmp_path / "bg" / "val" / "__background__").iterdir())) == 2
+
+
 @needs_fmnist
 def test_crops_are_reproducible_class_folders_whatever_the_workers(tmp_path):
     one = ic.make_item_crops(tmp_path / "one", {"train": 12, "val": 4}, size=40, progress=False)
