@@ -96,7 +96,8 @@ class Build:
     def crops(self) -> None:
         train, val = self.s["crops"]
         self.run([sys.executable, "tools/make_item_crops.py", "--out", self.path("item_crops"),
-                  "--train", str(train), "--val", str(val), "--size", "56", "--workers", "2"])
+                  "--train", str(train), "--val", str(val), "--size", "56", "--workers", "2",
+                  "--background", "0.2"])
 
     def classifier(self) -> None:
         out = self.path("classifier")
