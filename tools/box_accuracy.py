@@ -30,21 +30,22 @@ def box_accuracy(model_dir: str, dataset, context_pad: int = 16) -> dict:
     model, meta = load_classifier(model_dir)
     model.eval()
     keys = [class_key(c) for c in meta.classes]
-    known = [c != BACKGROUND for c in meta.classes]  # outputs allowed in the arg-max
-    # data label (1..K) -> the model's output index, or -1 where the model lacks the class
-    to_model = [-1] + [keys.index(class_key(c)) if class_key(c) in keys else -1 for c in dataset.classes]
+    background = torch.tensor([c == BACKGROUND for c in meta.classes])  # left out of the arg-max
+    # data label (0 = background, 1..K) -> the model's output index, or -1 where the model lacks the class
+    to_model = torch.tensor([-1] + [keys.index(class_key(c)) if class_key(c) in keys else -1
+                                    for c in dataset.classes])
     hits, counts = torch.zeros(len(dataset.classes) + 1), torch.zeros(len(dataset.classes) + 1)
     for rec in dataset.images:
         if len(rec.boxes) == 0:
             continue
         crops = warp_regions(to_tensor(load_image(rec.path), meta.mean, meta.std), rec.boxes,
                              meta.input_size, context_pad)
-        logits = model(crops).float()
-        logits[:, ~torch.tensor(known)] = float("-inf")
-        for label, pred in zip(rec.labels.tolist(), logits.argmax(1).tolist()):
-            if to_model[label] >= 0:
-                counts[label] += 1
-                hits[label] += float(pred == to_model[label])
+        pred = model(crops).float().masked_fill(background, float("-inf")).argmax(1)
+        want = to_model[rec.labels.long()]
+        known = want >= 0
+        labels = rec.labels.long()[known]
+        counts.index_add_(0, labels, torch.ones(len(labels)))
+        hits.index_add_(0, labels, (pred[known] == want[known]).float())
     per_class = {c: hits[k + 1].item() / counts[k + 1].item()
                  for k, c in enumerate(dataset.classes) if counts[k + 1] > 0}
     return {"boxes": int(counts.sum().item()), "accuracy": hits.sum().item() / max(counts.sum().item(), 1.0),

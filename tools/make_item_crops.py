@@ -14,7 +14,11 @@ at 224.
 Why: a classifier trained on Fashion-MNIST itself (grey garments on black) classifies the
 garments of the scenes at chance (16% on the ground-truth boxes of the test scenes), so
 fine-tuning had to learn the domain from scratch. Trained on these crops, the classifier
-starts the detector in the scenes' own domain (docs/demo.md, fourth round).
+starts the detector in the scenes' own domain (docs/demo.md, fourth session).
+
+--background F adds round(F x count) crops per split of a class `__background__`: regions of
+the same kind of scene, sized like items, overlapping the pasted item with IoU < 0.3; the
+detector's background row starts from that class's row (`finetune.init_head: match`).
 
 Disjointness: train crops take items from the Fashion-MNIST train file's indices [0, 50000)
 and the train half of each photograph; val crops take [50000, 60000) and the val quarter,
@@ -81,7 +85,8 @@ def cut_region(image: np.ndarray, box: np.ndarray, size: int) -> np.ndarray:
 
 def background_box(item_box: np.ndarray, width: int, height: int, rng: np.random.Generator) -> np.ndarray:
     """A box of an item's size range at a random place of the scene that overlaps `item_box`
-    with IoU < 0.3: what R-CNN's sampling calls background (IoU < 0.5), kept clear of the item."""
+    with IoU < 0.3: what R-CNN's sampling calls background (IoU < 0.5), kept clear of the item.
+    (After 50 draws that all overlap more, the last one is returned.)"""
     for _ in range(50):
         side = float(np.exp(rng.uniform(np.log(ITEM_SIZE[0]), np.log(ITEM_SIZE[1]))))
         w, h = side * rng.uniform(0.5, 1.0), side
