@@ -8,6 +8,7 @@ next to every output it produced (`save_config`).
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from pathlib import Path
@@ -20,6 +21,8 @@ from backbone.io import atomic_write_text
 
 T = TypeVar("T")
 
+
+_FLOAT_LITERAL = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
 
 def _type_ok(value: Any, tp: Any) -> tuple[bool, Any]:
     """Check `value` against annotation `tp`; return (ok, value converted where lossless)."""
@@ -53,6 +56,8 @@ def _type_ok(value: Any, tp: Any) -> tuple[bool, Any]:
     if tp is float:
         if isinstance(value, bool):
             return False, value
+        if isinstance(value, str) and _FLOAT_LITERAL.fullmatch(value.strip()):
+            return True, float(value)  # PyYAML (YAML 1.1) reads "1e-4" without a dot as a string
         return isinstance(value, (int, float)), float(value) if isinstance(value, (int, float)) else value
     if tp is int:
         return isinstance(value, int) and not isinstance(value, bool), value

@@ -26,6 +26,7 @@ class InferenceConfig:
     batch_size: int = 0  # regions per forward pass (bounds memory); 0 = auto: 16 on a CPU (stays in cache), 128 on CUDA
     precision: str = "auto"  # auto | float32 | bfloat16 | float16; auto = fastest safe on the device
     channels_last: bool = True  # NHWC memory layout for the convolutions (faster on CPU and GPU)
+    mirror: bool = False  # also score every region mirrored and average the two softmaxes (2x the network time)
 
 
 @dataclass

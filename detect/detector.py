@@ -191,7 +191,8 @@ class Detector:
         image: path | uint8 H x W x 3 RGB array | PIL image.
         boxes (Tensor[R, 4]): xyxy pixels of the image (array or lists accepted).
         Returns Tensor[R, K+1] float32 on the CPU; rows sum to 1; column 0 is background.
-        Regions go through the network `batch_size()` at a time (bounded memory).
+        Regions go through the network `batch_size()` at a time (bounded memory). With
+        inference.mirror each member also scores the mirrored crops and every view counts once.
         """
         pixels = load_image(image)
         boxes = _as_boxes(boxes)
@@ -211,7 +212,10 @@ class Detector:
                 if self._check_fast:
                     self._check_fast_precision(model, crops[key])
                 total = total + self._probabilities(model, crops[key])
-            out[start:start + len(batch)] = (total / len(self.members)).cpu()
+                if self.config.inference.mirror:  # the paper's test-time mirroring, per region
+                    total = total + self._probabilities(model, crops[key].flip(-1))
+            views = len(self.members) * (2 if self.config.inference.mirror else 1)
+            out[start:start + len(batch)] = (total / views).cpu()
         return out
 
     def detect(self, image: Any, boxes: Any = None) -> dict[str, Tensor]:

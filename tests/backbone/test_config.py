@@ -46,6 +46,17 @@ def test_wrong_type_is_an_error(tmp_path):
         load_config(Outer, None, ["amp=3"])
 
 
+def test_exponent_floats_without_a_dot_are_floats(tmp_path):
+    # PyYAML follows YAML 1.1, which reads 1e-4 (no dot) as a string.
+    p = tmp_path / "c.yaml"
+    p.write_text("inner:\n  lr: 1e-4\n")
+    assert load_config(Outer, p).inner.lr == 1e-4
+    assert load_config(Outer, None, ["inner.lr=1e-9", "width=-2E3"]).width == -2000.0
+    with pytest.raises(InputError, match="width"):
+        load_config(Outer, None, ["width=1e"])
+    assert load_config(Outer, None, ["name=1e-4"]).name == "1e-4"  # a string field stays a string
+
+
 def test_save_then_load_round_trip(tmp_path):
     cfg = load_config(Outer, None, ["inner.lr=0.5", "name=abc"])
     save_config(cfg, tmp_path / "saved.yaml")

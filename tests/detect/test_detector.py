@@ -46,6 +46,20 @@ def test_ensemble_is_mean_of_members_and_batching_is_invisible(image):
     torch.testing.assert_close(det_cl.score_regions(image, BOXES), expected, atol=1e-5, rtol=0)
 
 
+def test_mirror_averages_each_region_with_its_mirror(image):
+    members = [tiny_member(s, spread=20.0) for s in (1, 2)]
+    flipped = np.ascontiguousarray(image[:, ::-1])
+    width = image.shape[1]
+    mirrored = torch.stack([width - BOXES[:, 2], BOXES[:, 1], width - BOXES[:, 0], BOXES[:, 3]], 1)
+    plain = torch.stack([reference_probs(m, image, BOXES) for m in members])
+    # a region's mirror = the same region of the mirrored image
+    mirror = torch.stack([reference_probs(m, flipped, mirrored) for m in members])
+    expected = torch.cat([plain, mirror]).mean(0)
+    assert (plain.mean(0) - expected).abs().max() > 1e-3  # the mirror changes the scores
+    det = Detector(members, CLASSES, make_config(batch_size=3, mirror=True))
+    torch.testing.assert_close(det.score_regions(image, BOXES), expected, atol=1e-5, rtol=0)
+
+
 def test_image_forms_agree(image, tmp_path):
     det = Detector([tiny_member(0)], CLASSES, make_config())
     path = tmp_path / "im.png"
