@@ -54,6 +54,7 @@ class FinetuneConfig:
     amp: bool = True  # bfloat16 autocast on CUDA (ignored on the CPU)
     channels_last: bool = True  # channels-last (NHWC) crops and weights on CPU and CUDA (faster steps)
     threads: int = 0  # CPU threads for torch per process (0: torch's default); 1 wins on a busy machine
+    val_every: int = 1  # with a validation split: its mAP every this many epochs and after the last
 
 
 @dataclass

@@ -292,7 +292,7 @@ def train_member(index: int, init_run: str | Path, classes: list[str], loader: t
         record = train_one_epoch(net, optimizer, loader, meta, cfg, seed, epoch, dist, desc)
         record = {"member": index, "epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"], **record}
         if dist.is_main:
-            if val is not None:
+            if val is not None and ((epoch + 1) % ft.val_every == 0 or epoch + 1 == ft.epochs):
                 record["val_mAP"] = validate(model, meta, classes, cfg, *val)
             save_checkpoint(ckpt_path, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                                         "epoch": epoch + 1, "member": index,
@@ -315,8 +315,10 @@ def _check_inputs(cfg: DetectorConfig, out_dir: Path, resume: bool, n_images: in
     if not resume and (out_dir / "train").is_dir() and any((out_dir / "train").glob("member_*.pt")):
         raise InputError(out_dir, "already holds a detector training run; pass --resume to continue "
                                   "it or choose another --out")
-    if ft.fg_per_batch > ft.batch_regions or ft.batch_regions < 1 or ft.members < 1 or ft.epochs < 1:
-        raise InputError(None, "finetune: need 1 <= fg_per_batch <= batch_regions, members >= 1, epochs >= 1")
+    if (ft.fg_per_batch > ft.batch_regions or ft.batch_regions < 1 or ft.members < 1 or ft.epochs < 1
+            or ft.val_every < 1):
+        raise InputError(None, "finetune: need 1 <= fg_per_batch <= batch_regions, members >= 1, epochs >= 1, "
+                               "val_every >= 1")
     check_finetune_choices(ft)  # before any work
     if ft.images_per_batch % dist.world_size:
         raise InputError(None, f"finetune.images_per_batch ({ft.images_per_batch}) must be a multiple "

@@ -133,10 +133,11 @@ def test_cli_with_validation_map(setup, capsys):
     s, out = setup, setup["root"] / "cli_run"
     main(["train-detector", "--data", str(s["data"]), "--split", "train", "--val-split", "val",
           "--proposals", str(s["cache"]), "--init", str(s["init"]), "--out", str(out),
-          "--members", "1", "--device", "cpu", "finetune.epochs=1", *TINY])
+          "--members", "1", "--device", "cpu", "finetune.epochs=3", "finetune.val_every=2", *TINY])
     assert "detector saved in" in capsys.readouterr().out
-    record = json.loads((out / "train" / "metrics.jsonl").read_text().splitlines()[0])
-    assert 0.0 <= record["val_mAP"] <= 1.0
+    records = [json.loads(line) for line in (out / "train" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records if "val_mAP" in r] == [2, 3]  # every 2nd epoch and the last
+    assert all(0.0 <= r["val_mAP"] <= 1.0 for r in records if "val_mAP" in r)
     assert (out / "detector.yaml").is_file() and (out / "members" / "0" / "model.json").is_file()
     with pytest.raises(SystemExit) as e:  # a bad override: one-line error, exit status 2
         main(["train-detector", "--data", str(s["data"]), "--proposals", str(s["cache"]), "--init",

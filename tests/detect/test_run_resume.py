@@ -81,7 +81,7 @@ def results(out: Path) -> tuple[list, list]:
 def kill_part_way(argv: list[str], out: Path) -> int:
     """Start `detect ARGV` in its own process group; SIGKILL the group (the run and its proposal
     workers) once 2 images are finished. Returns how many were finished then."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.Popen([sys.executable, "-c", "from detect.cli import main; main()", *argv],
                             env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                             start_new_session=True)
@@ -99,8 +99,9 @@ def kill_part_way(argv: list[str], out: Path) -> int:
 
 @pytest.fixture
 def one_thread():
-    """The killed subprocess scores on one thread; so do the runs in this process, so that the
-    float sums (and so the scores) are bit for bit comparable."""
+    """Every run here scores on one thread (`--threads 1`, which the in-process runs set for this
+    process: restored afterwards), so that the float sums (and so the scores) are bit for bit
+    comparable."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
@@ -109,9 +110,10 @@ def one_thread():
 
 def test_killed_run_continues_and_matches_an_uninterrupted_run(setup, tmp_path, capsys, one_thread):
     reference = tmp_path / "reference"
-    cli(run_args(setup, reference, "--proposal-workers", 0))
+    cli(run_args(setup, reference, "--proposal-workers", 0, "--threads", 1))
+    assert torch.get_num_threads() == 1
     out = tmp_path / "killed"
-    argv = run_args(setup, out, "--proposal-workers", 1)
+    argv = run_args(setup, out, "--proposal-workers", 1, "--threads", 1)
     done_at_kill = kill_part_way(argv, out)
     assert 2 <= done_at_kill < N_IMAGES, f"killed too late to test resuming ({done_at_kill} done)"
     assert not (out / "run.json").exists()  # killed before the end: no summary yet
