@@ -71,14 +71,17 @@ class Build:
         print("$ " + " ".join(shown), flush=True)
         subprocess.run(args, cwd=ROOT, env=self.env, check=True)
 
-    def step(self, name: str, action) -> None:
+    def step(self, name: str, action, again: bool = False) -> None:
+        """Run one step unless it is marked done (`again`: run it anyway). A step whose action
+        returns False did nothing (install under --no-install) and is not marked."""
         marker = self.work / ".done" / name
-        if marker.is_file():
+        if marker.is_file() and not again:
             print(f"== {name}: done before, skipped", flush=True)
             return
         print(f"== {name}", flush=True)
         start = time.perf_counter()
-        action()
+        if action() is False:
+            return
         seconds = round(time.perf_counter() - start, 1)
         self.report["steps"][name] = seconds
         self.save_report()
@@ -158,13 +161,14 @@ class Build:
                       "--proposals", self.path(cache), "--json", str(out)])
             self.report.setdefault("recall_test", {})[name] = json.loads(out.read_text())["sources"]
 
-    def install(self) -> None:
+    def install(self) -> bool:
         if not self.install_model:
             print("(--no-install: detect/default_model/ left as it is)")
-            return
+            return False
         size = install_default_model(self.work / "detector", ROOT / "detect" / "default_model")
         self.report["default_model_bytes"] = size
         print(f"installed detect/default_model/ ({size / 1e6:.1f} MB)")
+        return True
 
     def smoke(self) -> None:
         model = ["--model", self.path("detector")] if not self.install_model else []
@@ -259,7 +263,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--device", default="auto", help="cpu, cuda or auto")
     parser.add_argument("--no-install", dest="install", action="store_false",
                         help="leave detect/default_model/ alone (default with --quick)")
-    parser.add_argument("--only", nargs="*", default=None, help="run only these steps (names as listed above)")
+    parser.add_argument("--only", nargs="*", default=None,
+                        help="run only these steps (names as listed above), again if they were done before")
     for split in ("train", "val", "test"):
         parser.add_argument(f"--{split}", type=int, default=None,
                             help=f"number of {split} scenes (default {FULL[split]}; --quick {QUICK[split]})")
@@ -275,7 +280,7 @@ def main(argv: list[str] | None = None) -> None:
              "recall", "install", "smoke"]
     for name in steps:
         if args.only is None or name in args.only:
-            build.step(name, getattr(build, name))
+            build.step(name, getattr(build, name), again=args.only is not None)
     print(json.dumps(build.report, indent=2))
 
 

@@ -193,3 +193,19 @@ def test_build_demo_installs_only_the_model_files(tmp_path):
     with pytest.raises(SystemExit, match="15 MB"):
         bd.install_default_model(run, dest)
     assert (dest / "detector.json").is_file()  # the previous install is kept
+
+
+def test_build_demo_steps_are_marked_done_and_only_runs_them_again(tmp_path):
+    spec = importlib.util.spec_from_file_location("build_demo", ROOT / "tools" / "build_demo.py")
+    bd = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bd)
+    build = bd.Build(tmp_path / "work", dict(bd.QUICK), "cpu", install=False)
+    calls = []
+    build.step("crops", lambda: calls.append("crops"))
+    build.step("crops", lambda: calls.append("crops"))  # done before: skipped
+    assert calls == ["crops"] and (tmp_path / "work" / ".done" / "crops").is_file()
+    build.step("crops", lambda: calls.append("again"), again=True)  # --only crops
+    assert calls == ["crops", "again"]
+    build.step("install", build.install)  # --no-install: nothing installed, so not marked done
+    assert not (tmp_path / "work" / ".done" / "install").exists() and "install" not in build.report["steps"]
+    assert "crops" in build.report["steps"]
