@@ -40,7 +40,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 DETECT = [sys.executable, "-c", "from detect.cli import main; main()"]
 MAX_MODEL_BYTES = 15 * 1024 * 1024
-SCORE_COMMAND = "score-members"  # internal: `build_demo.py score-members RUN SCENES SPLIT CACHE OUT DEVICE`
+SCORE_COMMAND = "score-members"  # `build_demo.py score-members RUN SCENES SPLIT CACHE OUT DEVICE [key=value ...]`
 EXAMPLE_IMAGES = ["test_01000.jpg", "test_01001.jpg", "test_01002.jpg", "test_01003.jpg", "test_01004.jpg"]
 
 # Scene counts and step settings; --quick shrinks everything to dry-run size.
@@ -180,13 +180,14 @@ class Build:
 
 
 def write_member_detections(run: Path, scenes: Path, split: str, cache_dir: Path, out_dir: Path,
-                            device: str) -> dict[str, Path]:
+                            device: str, overrides: tuple[str, ...] = ()) -> dict[str, Path]:
     """Detections of the ensemble and of each member on `split`, from the cached proposals.
 
     Each member scores every region once; the ensemble's scores are the mean of the members'
     softmax outputs (exactly `Detector.score_regions`), and every score set goes through the
     same per-class NMS (`select_detections` with the run's inference settings). Returns
-    {"ensemble": path, "member_0": path, ...} of COCO results JSON files.
+    {"ensemble": path, "member_0": path, ...} of COCO results JSON files. `overrides` are
+    key=value settings of the run's detector.yaml (e.g. inference.mirror=false).
     """
     import torch
     from tqdm import tqdm
@@ -197,7 +198,7 @@ def write_member_detections(run: Path, scenes: Path, split: str, cache_dir: Path
     from detect.results import write_detections
     from proposals import ProposalCache
 
-    ensemble = Detector.load(run, device=device)
+    ensemble = Detector.load(run, device=device, overrides=overrides)
     singles = [Detector([member], ensemble.classes, ensemble.config) for member in ensemble.members]
     dataset = load_dataset(scenes, split)
     cache = ProposalCache(cache_dir)
@@ -252,8 +253,8 @@ def install_default_model(run: Path, dest: Path) -> int:
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == [SCORE_COMMAND]:  # the evaluate step's child process
-        run, scenes, split, cache, out, device = argv[1:]
-        write_member_detections(Path(run), Path(scenes), split, Path(cache), Path(out), device)
+        run, scenes, split, cache, out, device = argv[1:7]
+        write_member_detections(Path(run), Path(scenes), split, Path(cache), Path(out), device, tuple(argv[7:]))
         return
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
