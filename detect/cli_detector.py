@@ -65,7 +65,8 @@ def train_detector(data, proposals_dir, init_run, config_path, out, members, spl
                    "`detect merge-results OUT`. Under torchrun each rank takes its shard and rank 0 merges.")
 @click.option("--proposal-workers", type=click.IntRange(min=0), default=None,
               help="Processes computing the next images' proposals while the network scores this "
-                   "one (0 = inline; default: cores - 1, at least 1). Results are the same.")
+                   "one (0 = inline; default: cores - 1, at least 1). Results are the same at the "
+                   "same --threads.")
 @click.option("--threads", type=click.IntRange(min=1), default=None,
               help="CPU threads of the network (default: torch's, every core). On a small CPU give it "
                    "the cores the proposal workers leave: --threads 1 on 2 cores runs proposals and "
