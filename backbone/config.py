@@ -24,6 +24,7 @@ T = TypeVar("T")
 
 _FLOAT_LITERAL = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
 
+
 def _type_ok(value: Any, tp: Any) -> tuple[bool, Any]:
     """Check `value` against annotation `tp`; return (ok, value converted where lossless)."""
     origin = typing.get_origin(tp)

@@ -213,7 +213,9 @@ class Detector:
                     self._check_fast_precision(model, crops[key])
                 total = total + self._probabilities(model, crops[key])
                 if self.config.inference.mirror:  # the paper's test-time mirroring, per region
-                    total = total + self._probabilities(model, crops[key].flip(-1))
+                    if (*key, "mirror") not in crops:  # flipped once per batch, shared by members
+                        crops[(*key, "mirror")] = crops[key].flip(-1)
+                    total = total + self._probabilities(model, crops[(*key, "mirror")])
             views = len(self.members) * (2 if self.config.inference.mirror else 1)
             out[start:start + len(batch)] = (total / views).cpu()
         return out

@@ -35,6 +35,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from detect.detector import BACKGROUND  # the class name the detector's background row is carried from
+
 
 def _scenes_module():
     """tools/make_scenes.py, whose pasting this tool shares (loaded by path: tools/ is no package)."""
@@ -119,9 +121,6 @@ def make_crop(split: str, n: int, seed: int, size: int, photos: list[np.ndarray]
 
 
 _SOURCES: dict = {}  # per process: the photographs and Fashion-MNIST's train file, loaded once
-
-
-BACKGROUND = "__background__"  # the detector's background class name (detect.detector.BACKGROUND)
 
 
 def _write_chunk(root: Path, split: str, first: int, stop: int, seed: int, size: int, fashion_mnist: str,
