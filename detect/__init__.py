@@ -5,11 +5,25 @@
     dets = detector.detect("photo.jpg")           # {"boxes": [D, 4], "scores": [D], "labels": [D]}
     probs = detector.score_regions("photo.jpg", boxes)   # Tensor[R, K+1], column 0 background
 """
-from detect.config import DetectorConfig, FinetuneConfig, InferenceConfig, RegionConfig
-from detect.detector import Detector, detect_dataset, save_detector_run, select_detections
-from detect.regions import warp_regions
+from importlib import import_module
 
-__all__ = [
-    "Detector", "DetectorConfig", "FinetuneConfig", "InferenceConfig", "RegionConfig",
-    "detect_dataset", "save_detector_run", "select_detections", "warp_regions",
-]
+# Loaded on first use (PEP 562), so that `detect.entry` and `detect.allocator` can run before
+# torch is imported.
+_EXPORTS = {
+    "DetectorConfig": "detect.config", "FinetuneConfig": "detect.config",
+    "InferenceConfig": "detect.config", "RegionConfig": "detect.config",
+    "Detector": "detect.detector", "detect_dataset": "detect.detector",
+    "save_detector_run": "detect.detector", "select_detections": "detect.detector",
+    "warp_regions": "detect.regions",
+}
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'detect' has no attribute '{name}'")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

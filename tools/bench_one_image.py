@@ -104,6 +104,9 @@ def main() -> None:
     p.add_argument("--device", default="auto", help="cpu, cuda or auto")
     p.add_argument("--json", default=None, help="also write the numbers here")
     args = p.parse_args()
+    from detect.allocator import loaded_allocator, use_tcmalloc
+    use_tcmalloc()  # the allocator `detect` runs with (DETECT_ALLOCATOR; detect/allocator.py)
+    print(f"memory allocator: {loaded_allocator()}", flush=True)
     image = load_image(args.image) if args.image else default_image()
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, image {image.shape[1]}x{image.shape[0]}, "
           f"selective search {args.mode} x{args.superpixel_scale}, at most {args.regions} regions")

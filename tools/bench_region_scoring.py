@@ -152,6 +152,9 @@ def main() -> None:
                    help="multiply the classifier weights (peaked softmax, a harder agreement test)")
     p.add_argument("--json", default=None, help="also write the numbers here")
     args = p.parse_args()
+    from detect.allocator import loaded_allocator, use_tcmalloc
+    use_tcmalloc()  # the allocator `detect` runs with (DETECT_ALLOCATOR; detect/allocator.py)
+    print(f"memory allocator: {loaded_allocator()}", flush=True)
     device = resolve_device(args.device)
     image = (np.random.default_rng(0).random((375, 500, 3)) * 255).astype(np.uint8)
     boxes = random_boxes(args.regions, 500, 375)

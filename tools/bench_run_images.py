@@ -95,6 +95,9 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=2, help="alternating timings; best kept")
     p.add_argument("--json", default=None, help="also write the numbers here")
     args = p.parse_args()
+    from detect.allocator import loaded_allocator, use_tcmalloc
+    use_tcmalloc()  # the allocator `detect` runs with (DETECT_ALLOCATOR; detect/allocator.py)
+    print(f"memory allocator: {loaded_allocator()}", flush=True)
     if args.threads:
         torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:

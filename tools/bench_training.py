@@ -180,6 +180,9 @@ def main() -> None:
                    help="train in the plain NCHW layout (default: channels-last, as the commands do)")
     p.add_argument("--json", default=None, help="also write the numbers here")
     args = p.parse_args()
+    from detect.allocator import loaded_allocator, use_tcmalloc
+    use_tcmalloc()  # the allocator `detect` runs with (DETECT_ALLOCATOR; detect/allocator.py)
+    print(f"memory allocator: {loaded_allocator()}", flush=True)
     device = resolve_device(args.device)
     report = {"device": str(device), "torch_threads": torch.get_num_threads(), "workers": args.workers}
     with tempfile.TemporaryDirectory() as tmp:

@@ -38,7 +38,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-DETECT = [sys.executable, "-c", "from detect.cli import main; main()"]
+DETECT = [sys.executable, "-c", "from detect.entry import main; main()"]
 MAX_MODEL_BYTES = 15 * 1024 * 1024
 SCORE_COMMAND = "score-members"  # `build_demo.py score-members RUN SCENES SPLIT CACHE OUT DEVICE [key=value ...]`
 EXAMPLE_IMAGES = ["test_01000.jpg", "test_01001.jpg", "test_01002.jpg", "test_01003.jpg", "test_01004.jpg"]
@@ -270,6 +270,9 @@ def main(argv: list[str] | None = None) -> None:
         parser.add_argument(f"--{split}", type=int, default=None,
                             help=f"number of {split} scenes (default {FULL[split]}; --quick {QUICK[split]})")
     args = parser.parse_args(argv)
+    if argv is None:  # from the shell: every step inherits the allocator `detect` would choose
+        from detect.allocator import use_tcmalloc
+        use_tcmalloc()
     work = Path(args.work or ("runs/demo_build_quick" if args.quick else "runs/demo_build"))
     work = work if work.is_absolute() else ROOT / work
     if args.fresh:
