@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from torchvision.ops import roi_align
 
 from detect.regions import dilate_boxes, scaled_context_pad, to_tensor, warp_regions
 
@@ -45,7 +46,25 @@ def test_warp_matches_crop_pad_resize():
     dilated = dilate_boxes(boxes, size, 1)
     torch.testing.assert_close(dilated[1], torch.tensor([-9.0, -9.0, 23.0, 23.0]))
     for i, box in enumerate(dilated.round().long().tolist()):
-        torch.testing.assert_close(out[i], _crop_pad_resize(image, box, size), atol=1e-5, rtol=0)
+        torch.testing.assert_close(out[i], _crop_pad_resize(image, box, size), atol=5e-5, rtol=0)
+
+
+def test_warp_equals_roi_align_on_the_zero_padded_image():
+    """The grid_sample warp against torchvision's roi_align (one sample per pixel, aligned) on
+    the image with a 1 px ring of zeros: the same bilinear resize up to float rounding."""
+    g = torch.Generator().manual_seed(1)
+    image = torch.randn(3, 375, 500, generator=g)
+    xy = torch.rand(64, 2, generator=g) * torch.tensor([560.0, 430.0]) - 30  # some boxes leave the image
+    boxes = torch.cat([xy, xy + 4 + torch.rand(64, 2, generator=g) * 300], 1)
+    padded = F.pad(image[None], (1, 1, 1, 1))
+    rois = [dilate_boxes(boxes, 56, scaled_context_pad(16, 56)) + 1.0]
+    out = warp_regions(image, boxes, crop_size=56, context_pad=16)
+    expected = roi_align(padded, rois, output_size=(56, 56), spatial_scale=1.0, sampling_ratio=1, aligned=True)
+    torch.testing.assert_close(out, expected, atol=1e-3, rtol=0)
+    assert (out - expected).abs().mean() < 5e-5  # coordinates rounded differently: ~1e-5 on N(0, 1) noise
+    # sampling_ratio 2 (four samples averaged per output pixel) is roi_align itself
+    expected = roi_align(padded, rois, output_size=(56, 56), spatial_scale=1.0, sampling_ratio=2, aligned=True)
+    torch.testing.assert_close(warp_regions(image, boxes, 56, 16, sampling_ratio=2), expected)
 
 
 def test_outside_is_mean_and_context_visible():
