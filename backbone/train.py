@@ -71,6 +71,7 @@ class DataConfig:
     contrast: float = 0.4  # photometric distortion: contrast factor 1 +- this
     saturation: float = 0.4  # photometric distortion: colour saturation factor 1 +- this
     mirror: bool = True  # random horizontal mirror
+    cache_mb: float = 0.0  # keep decoded images in memory up to this many MB per loader process (0: off)
 
 
 @dataclass
@@ -254,7 +255,7 @@ def build_loaders(cfg: ClassifierConfig, data_dir: Path, info: dist_utils.DistIn
                                f"{info.world_size} processes")
     train_tf = TrainTransform(m.input_size, tuple(m.mean), tuple(m.std), (d.min_area, d.max_area),
                               (d.min_aspect, d.max_aspect), d.brightness, d.contrast, d.saturation, d.mirror)
-    train_ds = ImageDataset(train_samples, train_tf, seed=t.seed)
+    train_ds = ImageDataset(train_samples, train_tf, seed=t.seed, cache_mb=d.cache_mb)
     sampler = EpochKeys(DistributedSampler(train_ds, info.world_size, info.rank, shuffle=True, seed=t.seed))
     if len(train_ds) < t.batch_size:
         raise InputError(data_dir / d.train_split, f"{len(train_ds)} training images, fewer than "
@@ -264,7 +265,7 @@ def build_loaders(cfg: ClassifierConfig, data_dir: Path, info: dist_utils.DistIn
                   worker_init_fn=worker_init if t.workers else None, generator=torch.Generator().manual_seed(t.seed))
     train_loader = DataLoader(train_ds, t.batch_size // info.world_size, sampler=sampler,
                               drop_last=True, **common)
-    val_ds = ImageDataset(val_samples, EvalTransform(m.input_size, tuple(m.mean), tuple(m.std)))
+    val_ds = ImageDataset(val_samples, EvalTransform(m.input_size, tuple(m.mean), tuple(m.std)), cache_mb=d.cache_mb)
     val_loader = DataLoader(val_ds, t.eval_batch_size, sampler=EpochKeys(range(info.rank, len(val_ds), info.world_size)),
                             **common)
     start_workers(train_loader), start_workers(val_loader)

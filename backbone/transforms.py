@@ -88,11 +88,14 @@ def photometric_distort(pixels: np.ndarray, rng: np.random.Generator, brightness
 
 
 def to_tensor(pixels: np.ndarray, mean: tuple[float, ...], std: tuple[float, ...]) -> Tensor:
-    """Pixels `[H, W, 3]` in 0..255 -> normalised float32 `Tensor[3, H, W]`."""
-    x = torch.from_numpy(np.ascontiguousarray(pixels, dtype=np.float32)).permute(2, 0, 1) / 255.0
-    m = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)
-    s = torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
-    return (x - m) / s
+    """Pixels `[H, W, 3]` in 0..255 -> normalised float32 `Tensor[3, H, W]`.
+
+    In numpy, one float32 operation at a time (so the values are those of the same sums in
+    torch, bit for bit): a loader worker converts thousands of small crops a second, and
+    torch's per-call overhead made this 108 of the ~620 us per 48 px crop."""
+    x = np.asarray(pixels, dtype=np.float32) / np.float32(255.0)
+    x = (x - np.asarray(mean, dtype=np.float32)) / np.asarray(std, dtype=np.float32)
+    return torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1)))
 
 
 @dataclass

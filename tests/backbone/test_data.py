@@ -166,3 +166,27 @@ def test_probe_tool_shifts_and_mirrors_each_image_by_hand():
         want = padded[dy[b]:dy[b] + 5, dx[b]:dx[b] + 5]
         assert torch.equal(out[b, 0], want.flip(1) if flip[b] else want), b
     assert torch.equal(probe.shift_and_mirror(x, 0, torch.Generator().manual_seed(0)).abs().sum(), x.sum())
+
+
+def test_decoded_image_cache_serves_later_epochs_within_its_budget(tmp_path):
+    for i in range(3):
+        _png(tmp_path / "a" / f"{i}.png", value=40 * i)
+    _, samples = scan_image_folder(tmp_path)
+    tf = TrainTransform(4, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
+    cached = ImageDataset(samples, tf, seed=3, cache_mb=1)
+    plain = ImageDataset(samples, tf, seed=3)
+    first = [cached[(0, i)][0] for i in range(3)]
+    assert all(torch.equal(x, plain[(0, i)][0]) for i, x in enumerate(first))
+    too_small = ImageDataset(samples, tf, seed=3, cache_mb=2 * 6 * 5 * 3 / 2**20)  # room for two images
+    [too_small[(0, i)] for i in range(3)]
+    for path, _ in samples:
+        Path(path).unlink()
+    # Decoded once: the next epoch needs no file, and draws its own augmentation.
+    assert all(torch.equal(cached[(1, i)][0], tf(np.array(Image.new("RGB", (6, 5), (40 * i, 0, 0))),
+                                                  np.random.default_rng(sample_seed(3, 1, i))))
+               for i in range(3))
+    too_small[(1, 0)], too_small[(1, 1)]
+    with pytest.raises(InputError, match="not found"):
+        too_small[(1, 2)]
+    with pytest.raises(InputError, match="not found"):
+        plain[(1, 0)]

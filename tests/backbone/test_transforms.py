@@ -94,3 +94,14 @@ def test_eval_transform_is_the_centre_crop_of_the_one_crop_protocol():
 def test_extreme_aspect_images_still_give_the_input_size(shape):
     image = np.zeros(shape, np.uint8)
     assert TrainTransform(16, MEAN, STD)(image, np.random.default_rng(0)).shape == (3, 16, 16)
+
+
+def test_to_tensor_equals_the_torch_formula_bit_for_bit():
+    """The numpy conversion computes (x / 255 - mean) / std in float32 as torch does."""
+    rng = np.random.default_rng(0)
+    for pixels in ((rng.random((57, 43, 3)) * 255).astype(np.uint8), (rng.random((9, 31, 3)) * 255).astype(np.float32)):
+        x = torch.from_numpy(pixels.astype(np.float32)).permute(2, 0, 1) / 255.0
+        expected = (x - torch.tensor(MEAN).view(3, 1, 1)) / torch.tensor(STD).view(3, 1, 1)
+        out = to_tensor(pixels, MEAN, STD)
+        assert out.dtype == torch.float32 and out.is_contiguous()
+        assert torch.equal(out, expected)
