@@ -37,7 +37,7 @@ def cli() -> None:
     Environment:
       DETECT_ALLOCATOR  auto (default) | tcmalloc | system. On Linux, `detect` restarts itself
                         with tcmalloc preloaded where the machine has it (Debian/Ubuntu:
-                        apt-get install libtcmalloc-minimal4): 1.2-1.7x faster network passes
+                        apt-get install libtcmalloc-minimal4): 1.26-1.45x faster network passes
                         on the CPU (docs/performance.md). system: glibc's malloc.
     """
 
