@@ -15,6 +15,7 @@ from torch import Tensor
 
 from backbone.errors import InputError
 from backbone.io import atomic_write_json, load_image, read_json
+from detect.allocator import loaded_allocator
 from detect.detector import Detector
 from detect.visualize import save_detections_png
 
@@ -46,7 +47,8 @@ def detect_images(detector: Detector, paths: Sequence[str | Path], out_dir: str 
     finished images. A rerun with another model or detector config starts over (the old
     per-image results are deleted, with a message). detections.json and run.json are written
     from all per-image results at the end (and on an exception).
-    Returns the run.json content: {"images": [...], "skipped": [{"file", "error", "index"}]}.
+    Returns the run.json content: {"images": [...], "skipped": [{"file", "error", "index"}],
+    "environment": {"allocator", "torch_threads", "torch"}}.
     """
     from tqdm import tqdm
 
@@ -64,7 +66,10 @@ def detect_images(detector: Detector, paths: Sequence[str | Path], out_dir: str 
     workers = default_proposal_workers() if proposal_workers is None else proposal_workers
     stream = proposals_ahead(detector, todo, workers)
     done: list[dict] = []  # per-image records, in list order
-    summary: dict = {"images": [], "skipped": []}
+    summary: dict = {"images": [], "skipped": [],
+                     # what the timings ran on: the memory allocator (detect/allocator.py) and threads
+                     "environment": {"allocator": loaded_allocator(), "torch_threads": torch.get_num_threads(),
+                                     "torch": torch.__version__}}
     used: set[str] = set()
     try:
         for pos, path, rec in tqdm(list(zip(positions, paths, records)), desc="detect", unit="image",

@@ -3,8 +3,10 @@ import json
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
+from detect.allocator import loaded_allocator
 from detect.cli import main
 from detect.detector import save_detector_run
 from tiny_detector import CLASSES, make_config, tiny_member
@@ -56,6 +58,8 @@ def test_run_writes_json_png_and_lists_skipped(run_dir, tmp_path, capsys):
     assert [s["png"] for s in summary["images"]] == ["a.png", "b.png"]
     assert set(summary["images"][0]["seconds"]) == {"proposals", "crops", "network", "nms"}
     assert summary["skipped"][0]["file"].endswith("broken.jpg")
+    assert summary["environment"] == {"allocator": loaded_allocator(), "torch_threads": torch.get_num_threads(),
+                                      "torch": torch.__version__}
     drawn = np.asarray(Image.open(out / "a.png"))
     assert drawn.shape == (72, 96, 3) and (drawn != scene(0)).any()  # boxes were drawn on it
 
