@@ -3,10 +3,10 @@
 A GoogLeNet forward or training step allocates and frees activations of tens to hundreds of
 MB. glibc's malloc hands every block above its mmap threshold (at most 32 MB) back to the
 kernel when it is freed, so the next batch page-faults and zeroes the same memory again:
-on this project's 2-core machine a full-width bfloat16 forward of 64 crops spent 0.5 of its
-0.78 s in the kernel. tcmalloc keeps freed memory for reuse: the same forward took 0.46 s,
-a full-width training step 1.50 s against 1.89 s (`tools/bench_allocator.py` measures both
-allocators in one run; docs/performance.md).
+on this project's 2-core machine a full-width float32 training step spent 0.76 of its 1.88 s
+in the kernel (525,000 page faults). tcmalloc keeps freed memory for reuse: the same step took
+1.46 s, a full-width bfloat16 forward of 16 crops 99 ms against 144 ms
+(`python tools/bench_allocator.py` measures both allocators in one run; docs/performance.md).
 
 A process cannot change its allocator once it has started, so `detect` (the console entry,
 `detect.entry`) starts itself again with tcmalloc preloaded (LD_PRELOAD) before it imports

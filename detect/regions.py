@@ -9,8 +9,9 @@ outside the image take the mean, which is 0 after mean subtraction. The crop is 
 resize (half-pixel centres, as cv2.resize and `F.interpolate(align_corners=False)`) of the
 zero-padded image: all R crops come from one batched `F.grid_sample` call on the image's
 device, one bilinear sample per output pixel. That is `torchvision.ops.roi_align` with
-sampling_ratio 1 and aligned=True up to float rounding, and 6x faster on the CPU (0.12 s
-against 0.75 s for 1,000 crops at 224 on 2 cores, batches of 16). sampling_ratio > 1 (several
+sampling_ratio 1 and aligned=True up to float rounding, and faster on the CPU (the crops of
+1,200 regions at 224 in `tools/bench_one_image.py`: 0.27 s, against 1.03 s with roi_align
+in the run just before the change). sampling_ratio > 1 (several
 samples averaged per output pixel) goes through roi_align.
 """
 from __future__ import annotations

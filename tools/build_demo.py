@@ -251,7 +251,10 @@ def install_default_model(run: Path, dest: Path) -> int:
 
 
 def main(argv: list[str] | None = None) -> None:
-    argv = sys.argv[1:] if argv is None else argv
+    if argv is None:  # from the shell: this process and every step inherit the allocator `detect` would choose
+        from detect.allocator import use_tcmalloc
+        use_tcmalloc()
+        argv = sys.argv[1:]
     if argv[:1] == [SCORE_COMMAND]:  # the evaluate step's child process
         run, scenes, split, cache, out, device = argv[1:7]
         write_member_detections(Path(run), Path(scenes), split, Path(cache), Path(out), device, tuple(argv[7:]))
@@ -270,9 +273,6 @@ def main(argv: list[str] | None = None) -> None:
         parser.add_argument(f"--{split}", type=int, default=None,
                             help=f"number of {split} scenes (default {FULL[split]}; --quick {QUICK[split]})")
     args = parser.parse_args(argv)
-    if argv is None:  # from the shell: every step inherits the allocator `detect` would choose
-        from detect.allocator import use_tcmalloc
-        use_tcmalloc()
     work = Path(args.work or ("runs/demo_build_quick" if args.quick else "runs/demo_build"))
     work = work if work.is_absolute() else ROOT / work
     if args.fresh:
