@@ -10,8 +10,10 @@ from backbone.errors import InputError
               help="Detection data set: a VOC/ILSVRC root or a COCO instances .json (or a folder with one).")
 @click.option("--proposals", "proposals_dir", required=True, type=click.Path(exists=True, file_okay=False),
               help="Proposal cache of the training (and validation) images, from `detect proposals`.")
-@click.option("--init", "init_run", required=True, type=click.Path(exists=True, file_okay=False),
-              help="Classifier run every member starts from (`detect train-classifier --out`).")
+@click.option("--init", "init_run", required=True, multiple=True, type=click.Path(exists=True, file_okay=False),
+              help="Classifier run the members start from (`detect train-classifier --out`). Repeat it "
+                   "to start member i from the i-th run, cycling (--init A --init B --members 3: "
+                   "A, B, A): members of different classifiers make less alike errors.")
 @click.option("--config", "config_path", default=None, type=click.Path(),
               help="Detector YAML, e.g. configs/detector_ilsvrc.yaml (default: R-CNN's settings).")
 @click.option("--out", required=True, type=click.Path(file_okay=False),

@@ -23,6 +23,7 @@ from __future__ import annotations
 import copy
 import re
 import time
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
@@ -330,8 +331,8 @@ def _check_inputs(cfg: DetectorConfig, out_dir: Path, resume: bool, n_images: in
 
 def train_detector(cfg: DetectorConfig, dataset: DetectionDataset,
                    val_dataset: DetectionDataset | None, proposals_cache_dir: str | Path,
-                   init_run: str | Path, out_dir: str | Path, members: int | None = None,
-                   resume: bool = False, device: str = "auto") -> Path:
+                   init_run: str | Path | Sequence[str | Path], out_dir: str | Path,
+                   members: int | None = None, resume: bool = False, device: str = "auto") -> Path:
     """Fine-tune an ensemble of region classifiers and save the detector run in `out_dir`.
 
     Args:
@@ -341,7 +342,9 @@ def train_detector(cfg: DetectorConfig, dataset: DetectionDataset,
         dataset, val_dataset: training images (and optional validation images: mAP per epoch).
         proposals_cache_dir: a cache of `detect proposals` covering the training (and
             validation) images; images without an entry are skipped and listed.
-        init_run: a classifier run of `detect train-classifier` (either architecture).
+        init_run: a classifier run of `detect train-classifier` (either architecture), or a
+            sequence of them: member i starts from init_run[i % len(init_run)] (members of
+            different classifiers make errors less alike, so their mean gains more).
         members: ensemble size (default cfg.finetune.members).
         resume: continue from the checkpoints in `out_dir`.
     Returns the run folder (load it with `detect.Detector.load`).
@@ -357,8 +360,8 @@ def train_detector(cfg: DetectorConfig, dataset: DetectionDataset,
 
 
 def _train_detector(cfg: DetectorConfig, dataset: DetectionDataset, val_dataset: DetectionDataset | None,
-                    proposals_cache_dir: str | Path, init_run: str | Path, out_dir: Path,
-                    members: int | None, resume: bool, dist: DistInfo) -> Path:
+                    proposals_cache_dir: str | Path, init_run: str | Path | Sequence[str | Path],
+                    out_dir: Path, members: int | None, resume: bool, dist: DistInfo) -> Path:
     if members is not None:
         cfg = replace(cfg, finetune=replace(cfg.finetune, members=members))
     cache = ProposalCache(proposals_cache_dir)
@@ -378,7 +381,10 @@ def _train_detector(cfg: DetectorConfig, dataset: DetectionDataset, val_dataset:
         (out_dir / "train").mkdir(parents=True, exist_ok=True)
         save_config(cfg, out_dir / "train" / "config.yaml")
     val = (val_dataset, cache) if val_dataset is not None else None
-    trained = [train_member(m, init_run, dataset.classes, loader, cfg, out_dir, val, resume, dist)
+    inits = [init_run] if isinstance(init_run, (str, Path)) else list(init_run)
+    if not inits:
+        raise InputError(None, "train-detector needs at least one classifier run to start from (--init)")
+    trained = [train_member(m, inits[m % len(inits)], dataset.classes, loader, cfg, out_dir, val, resume, dist)
                for m in range(cfg.finetune.members)]
     if dist.is_main:
         multibox = cfg.proposals.multibox.model if cfg.proposals.multibox.enabled else None

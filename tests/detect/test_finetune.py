@@ -218,3 +218,19 @@ def test_head_rows_of_known_classes_start_from_the_classifier(tmp_path):
     assert meta.extra["head_rows_carried"] == 2
     assert torch.equal(member.fc.weight[0], bg_model.fc.weight[0]) and torch.equal(member.fc.bias[0], bg_model.fc.bias[0])
     assert torch.equal(member.fc.weight[1], bg_model.fc.weight[1])  # disc
+
+
+def test_members_start_from_several_classifiers(setup):
+    # --init A --init B with 3 members: A, B, A, each member's trunk nearest the run it came from.
+    s = setup
+    other = make_init_classifier(s["root"] / "init_b", width=0.125, input_size=64, seed=1)
+    run = train_detector(_cfg("finetune.epochs=1"), s["train"], None, s["cache"], [s["init"], other],
+                         s["root"] / "two_inits", members=3, device="cpu")
+    starts = [load_weights(s["init"] / "model.safetensors"), load_weights(other / "model.safetensors")]
+    key = next(k for k in _member_weights(run, 0) if k.endswith("weight") and starts[0][k].dim() == 4)
+    for i, expected in enumerate([0, 1, 0]):
+        w = _member_weights(run, i)[key]
+        distances = [(w - start[key]).norm().item() for start in starts]
+        assert distances[expected] < 0.1 * distances[1 - expected]
+        meta = json.loads((run / "members" / str(i) / "model.json").read_text())
+        assert meta["extra"]["init"] == str([s["init"], other][expected])
