@@ -8,11 +8,11 @@ Run from the repository root (or anywhere: the script finds the root itself). Ev
 hand (docs/demo.md lists it):
 
  1. crops       tools/make_item_crops.py            garments pasted on photographs, one per image, class folders
- 2. classifier  detect train-classifier             the narrow GoogLeNet on them (configs/demo_classifier.yaml)
+ 2. classifier  detect train-classifier  (x 2)      two narrow GoogLeNets on them, side by side (configs/demo_classifier.yaml)
  3. scenes      tools/make_scenes.py                train / val / test scenes (Pascal VOC)
  4. multibox    detect train-multibox               MultiBox on the train scenes (configs/demo_multibox.yaml)
  5. proposals   detect proposals                    selective search + MultiBox, cached, every split
- 6. detector    detect train-detector               R-CNN fine-tuning of 3 members (configs/demo_detector.yaml)
+ 6. detector    detect train-detector               R-CNN fine-tuning of 3 members, from both classifiers (configs/demo_detector.yaml)
  7. evaluate    detect eval --map --detections      VOC 2012 mAP@0.5 of the ensemble and of each member
  8. recall      detect eval --recall                boxes/image and recall of each proposal source
  9. install     copy into detect/default_model/     the built-in model (<= 15 MB)
@@ -44,9 +44,9 @@ SCORE_COMMAND = "score-members"  # `build_demo.py score-members RUN SCENES SPLIT
 EXAMPLE_IMAGES = ["test_01000.jpg", "test_01001.jpg", "test_01002.jpg", "test_01003.jpg", "test_01004.jpg"]
 
 # Scene counts and step settings; --quick shrinks everything to dry-run size.
-FULL = {"train": 400, "val": 40, "test": 300, "crops": (30000, 2000), "members": 3,
+FULL = {"train": 400, "val": 40, "test": 300, "crops": (30000, 2000), "members": 3, "classifiers": 2,
         "classifier": [], "multibox": [], "detector": []}
-QUICK = {"train": 24, "val": 6, "test": 12, "crops": (300, 50), "members": 3,
+QUICK = {"train": 24, "val": 6, "test": 12, "crops": (300, 50), "members": 3, "classifiers": 2,
          "classifier": ["train.epochs=1"], "multibox": ["train.epochs=1", "model.num_priors=64"],
          "detector": ["finetune.epochs=1"]}
 
@@ -70,6 +70,35 @@ class Build:
                                                                     else a for a in args]
         print("$ " + " ".join(shown), flush=True)
         subprocess.run(args, cwd=ROOT, env=self.env, check=True)
+
+    def run_parallel(self, commands: list[list[str]]) -> None:
+        """Run the commands at once; the first one's output is shown, each other's goes to
+        WORK/<its --out folder's name>.log. Fails if any fails."""
+        procs = []
+        for args in commands:
+            print("$ " + " ".join(["detect", *args[3:]] if args[:3] == DETECT else args), flush=True)
+            log = None
+            if procs:
+                out = Path(args[args.index("--out") + 1])
+                log = open(out.with_name(out.name + ".log"), "w")
+                print(f"  (its output: {log.name})", flush=True)
+            procs.append((subprocess.Popen(args, cwd=ROOT, env=self.env, stdout=log,
+                                           stderr=subprocess.STDOUT if log else None), log))
+        failed = None
+        try:
+            while failed is None and any(proc.poll() is None for proc, _ in procs):
+                failed = next((proc for proc, _ in procs if proc.poll() not in (None, 0)), None)
+                time.sleep(0 if failed else 1)  # one failed: stop the others rather than wait for them
+        finally:
+            for proc, log in procs:
+                if proc.poll() is None:
+                    proc.terminate()
+                    proc.wait()
+                if log is not None:
+                    log.close()
+        failed = failed or next((proc for proc, _ in procs if proc.returncode != 0), None)
+        if failed is not None:
+            raise subprocess.CalledProcessError(failed.returncode, failed.args)
 
     def step(self, name: str, action, again: bool = False) -> None:
         """Run one step unless it is marked done (`again`: run it anyway). A step whose action
@@ -102,12 +131,21 @@ class Build:
                   "--train", str(train), "--val", str(val), "--size", "56", "--workers", "2",
                   "--background", "0.2"])
 
+    def classifier_dirs(self) -> list[str]:
+        """classifier/ (seed 0; MultiBox's trunk too), classifier_1/ (seed 1), ..."""
+        return [self.path("classifier" if i == 0 else f"classifier_{i}") for i in range(self.s["classifiers"])]
+
     def classifier(self) -> None:
-        out = self.path("classifier")
-        resume = ["--resume"] if (Path(out) / "checkpoint.pt").is_file() else []
-        self.run([*DETECT, "train-classifier", "--data", self.path("item_crops"), "--config",
-                  "configs/demo_classifier.yaml", "--out", out, "--device", self.device, *resume,
-                  *self.s["classifier"]])
+        """The classifiers train side by side, one core each (the config's threads 1, workers 0):
+        a classifier of this size is compute-bound on one thread and gains nothing from a second
+        (docs/demo.md), so two of them cost 1.3x the time of one, not 2x."""
+        commands = []
+        for i, out in enumerate(self.classifier_dirs()):
+            resume = ["--resume"] if (Path(out) / "checkpoint.pt").is_file() else []
+            commands.append([*DETECT, "train-classifier", "--data", self.path("item_crops"), "--config",
+                             "configs/demo_classifier.yaml", "--out", out, "--device", self.device,
+                             *resume, f"train.seed={i}", *self.s["classifier"]])
+        self.run_parallel(commands)
 
     def scenes(self) -> None:
         self.run([sys.executable, "tools/make_scenes.py", "--out", self.path("scenes"),
@@ -130,9 +168,10 @@ class Build:
     def detector(self) -> None:
         out = self.path("detector")
         resume = ["--resume"] if any(Path(out).glob("**/checkpoint.pt")) else []
+        inits = [a for run in self.classifier_dirs() for a in ("--init", run)]
         self.run([*DETECT, "train-detector", "--data", self.path("scenes"), "--split", "train",
-                  "--val-split", "val", "--proposals", self.path("proposals"), "--init",
-                  self.path("classifier"), "--config", "configs/demo_detector.yaml", "--out", out,
+                  "--val-split", "val", "--proposals", self.path("proposals"), *inits,
+                  "--config", "configs/demo_detector.yaml", "--out", out,
                   "--members", str(self.s["members"]), "--device", self.device, *resume,
                   f"proposals.multibox.model={self.path('multibox')}", *self.s["detector"]])
 

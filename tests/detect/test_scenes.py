@@ -209,3 +209,26 @@ def test_build_demo_steps_are_marked_done_and_only_runs_them_again(tmp_path):
     build.step("install", build.install)  # --no-install: nothing installed, so not marked done
     assert not (tmp_path / "work" / ".done" / "install").exists() and "install" not in build.report["steps"]
     assert "crops" in build.report["steps"]
+
+
+def test_build_demo_runs_commands_side_by_side_and_stops_them_on_failure(tmp_path):
+    import subprocess
+    import sys
+    spec = importlib.util.spec_from_file_location("build_demo", ROOT / "tools" / "build_demo.py")
+    bd = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bd)
+    build = bd.Build(tmp_path / "work", dict(bd.QUICK), "cpu", install=False)
+    assert [Path(p).name for p in build.classifier_dirs()] == ["classifier", "classifier_1"]
+    py = [sys.executable, "-c"]
+    build.run_parallel([[*py, "print('one')", "--out", str(tmp_path / "a")],
+                        [*py, "print('two')", "--out", str(tmp_path / "b")]])
+    assert (tmp_path / "b.log").read_text().strip() == "two" and not (tmp_path / "a.log").exists()
+    marker = tmp_path / "sleeper.txt"
+    sleeper = f"import time, pathlib; p = pathlib.Path({str(marker)!r}); p.write_text('started'); " \
+              f"time.sleep(60); p.write_text('finished')"
+    failing = "import time, sys; time.sleep(1); sys.exit(3)"
+    with pytest.raises(subprocess.CalledProcessError) as err:
+        build.run_parallel([[*py, sleeper, "--out", str(tmp_path / "s")],
+                            [*py, failing, "--out", str(tmp_path / "f")]])
+    assert err.value.returncode == 3
+    assert marker.read_text() == "started"  # stopped, not waited for
