@@ -40,7 +40,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 DETECT = [sys.executable, "-c", "from detect.entry import main; main()"]
 MAX_MODEL_BYTES = 15 * 1024 * 1024
-SCORE_COMMAND = "score-members"  # `build_demo.py score-members RUN SCENES SPLIT CACHE OUT DEVICE [key=value ...]`
+SCORE_COMMAND = "score-members"  # `build_demo.py score-members RUN SCENES SPLIT CACHE OUT DEVICE [--shard=i/n] [key=value ...]`
 EXAMPLE_IMAGES = ["test_01000.jpg", "test_01001.jpg", "test_01002.jpg", "test_01003.jpg", "test_01004.jpg"]
 
 # Scene counts and step settings; --quick shrinks everything to dry-run size.
@@ -71,16 +71,16 @@ class Build:
         print("$ " + " ".join(shown), flush=True)
         subprocess.run(args, cwd=ROOT, env=self.env, check=True)
 
-    def run_parallel(self, commands: list[list[str]]) -> None:
-        """Run the commands at once; the first one's output is shown, each other's goes to
-        WORK/<its --out folder's name>.log. Fails if any fails."""
+    def run_parallel(self, commands: list[list[str]], logs: list[Path]) -> None:
+        """Run the commands at once; the first one's output is shown, command i's (i >= 1) goes
+        to logs[i - 1]. Fails if any fails, and then stops the others."""
         procs = []
         for args in commands:
-            print("$ " + " ".join(["detect", *args[3:]] if args[:3] == DETECT else args), flush=True)
+            print("$ " + " ".join(["detect", *args[3:]] if args[:3] == DETECT else
+                                  [Path(a).name if a == sys.executable else a for a in args]), flush=True)
             log = None
             if procs:
-                out = Path(args[args.index("--out") + 1])
-                log = open(out.with_name(out.name + ".log"), "w")
+                log = open(logs[len(procs) - 1], "w")
                 print(f"  (its output: {log.name})", flush=True)
             procs.append((subprocess.Popen(args, cwd=ROOT, env=self.env, stdout=log,
                                            stderr=subprocess.STDOUT if log else None), log))
@@ -145,7 +145,7 @@ class Build:
             commands.append([*DETECT, "train-classifier", "--data", self.path("item_crops"), "--config",
                              "configs/demo_classifier.yaml", "--out", out, "--device", self.device,
                              *resume, f"train.seed={i}", *self.s["classifier"]])
-        self.run_parallel(commands)
+        self.run_parallel(commands, [Path(d + ".log") for d in self.classifier_dirs()[1:]])
 
     def scenes(self) -> None:
         self.run([sys.executable, "tools/make_scenes.py", "--out", self.path("scenes"),
@@ -165,21 +165,40 @@ class Build:
                       "--config", "configs/demo_proposals.yaml", "--out", self.path("proposals"),
                       f"multibox.model={self.path('multibox')}"])
 
+    def ranks(self) -> int:
+        """Processes that share the CPU work of fine-tuning and scoring: 2 where there are 2
+        cores (one thread each; 1.17x the steps of one process on 2 threads, docs/demo.md)."""
+        if self.device == "auto":
+            import torch
+            self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        return 2 if self.device == "cpu" and (os.cpu_count() or 1) >= 2 else 1
+
     def detector(self) -> None:
         out = self.path("detector")
         resume = ["--resume"] if any(Path(out).glob("**/checkpoint.pt")) else []
         inits = [a for run in self.classifier_dirs() for a in ("--init", run)]
-        self.run([*DETECT, "train-detector", "--data", self.path("scenes"), "--split", "train",
+        ranks = self.ranks()
+        # Data-parallel under torchrun: each process takes one of the 2 images of a step.
+        launcher = DETECT if ranks == 1 else [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                                              f"--nproc_per_node={ranks}", "-m", "detect.entry"]
+        threads = [] if ranks == 1 else [f"finetune.threads={max(1, (os.cpu_count() or 1) // ranks)}"]
+        self.run([*launcher, "train-detector", "--data", self.path("scenes"), "--split", "train",
                   "--val-split", "val", "--proposals", self.path("proposals"), *inits,
                   "--config", "configs/demo_detector.yaml", "--out", out,
                   "--members", str(self.s["members"]), "--device", self.device, *resume,
-                  f"proposals.multibox.model={self.path('multibox')}", *self.s["detector"]])
+                  f"proposals.multibox.model={self.path('multibox')}", *threads, *self.s["detector"]])
 
     def evaluate(self) -> None:
-        # In a child process, like every other step: it imports the project from ROOT.
-        self.run([sys.executable, "tools/build_demo.py", SCORE_COMMAND, self.path("detector"),
-                  self.path("scenes"), "test", self.path("proposals"), self.path("eval"), self.device])
-        files = json.loads((self.work / "eval" / "detections.json").read_text())
+        # In child processes, like every other step (they import the project from ROOT), each
+        # scoring every n-th image on its share of the cores; the shards' files are then joined.
+        n = self.ranks()
+        shards = [self.work / "eval" / f"shard_{i}" for i in range(n)]
+        commands = [[sys.executable, "tools/build_demo.py", SCORE_COMMAND, self.path("detector"),
+                     self.path("scenes"), "test", self.path("proposals"), str(out), self.device,
+                     f"--shard={i}/{n}"] for i, out in enumerate(shards)]
+        shards[0].mkdir(parents=True, exist_ok=True)
+        self.run_parallel(commands, [out.with_suffix(".log") for out in shards[1:]])
+        files = join_shards(shards, self.work / "eval")
         results = {}
         for name, path in files.items():
             out = self.work / "eval" / f"{name}.map.json"
@@ -218,15 +237,31 @@ class Build:
             (time.perf_counter() - start) / len(EXAMPLE_IMAGES), 2)
 
 
+def join_shards(shards: list[Path], out_dir: Path) -> dict[str, Path]:
+    """Join the COCO results files that `write_member_detections` wrote in each shard folder
+    into out_dir/NAME.detections.json (and out_dir/detections.json, the index); returns them."""
+    names = json.loads((shards[0] / "detections.json").read_text())
+    files = {}
+    for name in names:
+        rows = [row for shard in shards
+                for row in json.loads((shard / f"{name}.detections.json").read_text())]
+        files[name] = out_dir / f"{name}.detections.json"
+        files[name].write_text(json.dumps(rows) + "\n")
+    (out_dir / "detections.json").write_text(json.dumps({k: str(v) for k, v in files.items()}, indent=2) + "\n")
+    return files
+
+
 def write_member_detections(run: Path, scenes: Path, split: str, cache_dir: Path, out_dir: Path,
-                            device: str, overrides: tuple[str, ...] = ()) -> dict[str, Path]:
+                            device: str, overrides: tuple[str, ...] = (),
+                            shard: tuple[int, int] = (0, 1)) -> dict[str, Path]:
     """Detections of the ensemble and of each member on `split`, from the cached proposals.
 
     Each member scores every region once; the ensemble's scores are the mean of the members'
     softmax outputs (exactly `Detector.score_regions`), and every score set goes through the
     same per-class NMS (`select_detections` with the run's inference settings). Returns
     {"ensemble": path, "member_0": path, ...} of COCO results JSON files. `overrides` are
-    key=value settings of the run's detector.yaml (e.g. inference.mirror=false).
+    key=value settings of the run's detector.yaml (e.g. inference.mirror=false). shard (i, n):
+    only images i, i + n, ... of the split (`join_shards` joins the n folders).
     """
     import torch
     from tqdm import tqdm
@@ -244,7 +279,9 @@ def write_member_detections(run: Path, scenes: Path, split: str, cache_dir: Path
     inf = ensemble.config.inference
     names = ["ensemble", *(f"member_{i}" for i in range(len(singles)))]
     detections: dict[str, dict] = {name: {} for name in names}
-    for rec in tqdm(dataset.images, desc="score regions", unit="image"):
+    index, count = shard
+    for rec in tqdm(dataset.images[index::count], desc=f"score regions ({index + 1}/{count})", unit="image",
+                    position=index):
         cached = cache.get(rec.key)
         if cached is None:
             raise InputError(cache_dir, f"no cached proposals for image '{rec.key}' (run `detect proposals`)")
@@ -296,7 +333,12 @@ def main(argv: list[str] | None = None) -> None:
         argv = sys.argv[1:]
     if argv[:1] == [SCORE_COMMAND]:  # the evaluate step's child process
         run, scenes, split, cache, out, device = argv[1:7]
-        write_member_detections(Path(run), Path(scenes), split, Path(cache), Path(out), device, tuple(argv[7:]))
+        rest = [a for a in argv[7:] if not a.startswith("--shard=")]
+        shard = next((tuple(map(int, a[8:].split("/"))) for a in argv[7:] if a.startswith("--shard=")), (0, 1))
+        if shard[1] > 1 and device == "cpu":
+            import torch
+            torch.set_num_threads(max(1, (os.cpu_count() or 1) // shard[1]))
+        write_member_detections(Path(run), Path(scenes), split, Path(cache), Path(out), device, tuple(rest), shard)
         return
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -220,15 +220,34 @@ def test_build_demo_runs_commands_side_by_side_and_stops_them_on_failure(tmp_pat
     build = bd.Build(tmp_path / "work", dict(bd.QUICK), "cpu", install=False)
     assert [Path(p).name for p in build.classifier_dirs()] == ["classifier", "classifier_1"]
     py = [sys.executable, "-c"]
-    build.run_parallel([[*py, "print('one')", "--out", str(tmp_path / "a")],
-                        [*py, "print('two')", "--out", str(tmp_path / "b")]])
-    assert (tmp_path / "b.log").read_text().strip() == "two" and not (tmp_path / "a.log").exists()
+    build.run_parallel([[*py, "print('one')"], [*py, "print('two')"]], [tmp_path / "b.log"])
+    assert (tmp_path / "b.log").read_text().strip() == "two"
     marker = tmp_path / "sleeper.txt"
     sleeper = f"import time, pathlib; p = pathlib.Path({str(marker)!r}); p.write_text('started'); " \
               f"time.sleep(60); p.write_text('finished')"
     failing = "import time, sys; time.sleep(1); sys.exit(3)"
     with pytest.raises(subprocess.CalledProcessError) as err:
-        build.run_parallel([[*py, sleeper, "--out", str(tmp_path / "s")],
-                            [*py, failing, "--out", str(tmp_path / "f")]])
+        build.run_parallel([[*py, sleeper], [*py, failing]], [tmp_path / "f.log"])
     assert err.value.returncode == 3
     assert marker.read_text() == "started"  # stopped, not waited for
+
+
+def test_build_demo_joins_the_shards_of_the_evaluate_step(tmp_path):
+    import json
+    spec = importlib.util.spec_from_file_location("build_demo", ROOT / "tools" / "build_demo.py")
+    bd = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bd)
+    shards = [tmp_path / "shard_0", tmp_path / "shard_1"]
+    for i, shard in enumerate(shards):
+        shard.mkdir()
+        index = {}
+        for name in ("ensemble", "member_0"):
+            rows = [{"image_id": i + 2 * k, "category_id": 1, "bbox": [0, 0, 5, 5], "score": 0.5} for k in range(2)]
+            (shard / f"{name}.detections.json").write_text(json.dumps(rows))
+            index[name] = str(shard / f"{name}.detections.json")
+        (shard / "detections.json").write_text(json.dumps(index))
+    files = bd.join_shards(shards, tmp_path)
+    assert sorted(files) == ["ensemble", "member_0"]
+    for name, path in files.items():
+        assert sorted(r["image_id"] for r in json.loads(path.read_text())) == [0, 1, 2, 3]
+    assert json.loads((tmp_path / "detections.json").read_text()) == {k: str(v) for k, v in files.items()}
