@@ -8,11 +8,11 @@ Run from the repository root (or anywhere: the script finds the root itself). Ev
 hand (docs/demo.md lists it):
 
  1. crops       tools/make_item_crops.py            garments pasted on photographs, one per image, class folders
- 2. classifier  detect train-classifier  (x 2)      two narrow GoogLeNets on them, side by side (configs/demo_classifier.yaml)
+ 2. classifier  detect train-classifier  (x 3)      three narrow GoogLeNets on them, side by side (configs/demo_classifier.yaml)
  3. scenes      tools/make_scenes.py                train / val / test scenes (Pascal VOC)
  4. multibox    detect train-multibox               MultiBox on the train scenes (configs/demo_multibox.yaml)
  5. proposals   detect proposals                    selective search + MultiBox, cached, every split
- 6. detector    detect train-detector               R-CNN fine-tuning of 3 members, from both classifiers (configs/demo_detector.yaml)
+ 6. detector    detect train-detector               R-CNN fine-tuning of 3 members, one from each classifier (configs/demo_detector.yaml)
  7. evaluate    detect eval --map --detections      VOC 2012 mAP@0.5 of the ensemble and of each member
  8. recall      detect eval --recall                boxes/image and recall of each proposal source
  9. install     copy into detect/default_model/     the built-in model (<= 15 MB)
@@ -44,9 +44,9 @@ SCORE_COMMAND = "score-members"  # `build_demo.py score-members RUN SCENES SPLIT
 EXAMPLE_IMAGES = ["test_01000.jpg", "test_01001.jpg", "test_01002.jpg", "test_01003.jpg", "test_01004.jpg"]
 
 # Scene counts and step settings; --quick shrinks everything to dry-run size.
-FULL = {"train": 400, "val": 40, "test": 300, "crops": (30000, 2000), "members": 3, "classifiers": 2,
+FULL = {"train": 400, "val": 40, "test": 300, "crops": (30000, 2000), "members": 3, "classifiers": 3,
         "classifier": [], "multibox": [], "detector": []}
-QUICK = {"train": 24, "val": 6, "test": 12, "crops": (300, 50), "members": 3, "classifiers": 2,
+QUICK = {"train": 24, "val": 6, "test": 12, "crops": (300, 50), "members": 3, "classifiers": 3,
          "classifier": ["train.epochs=1"], "multibox": ["train.epochs=1", "model.num_priors=64"],
          "detector": ["finetune.epochs=1"]}
 
@@ -136,9 +136,11 @@ class Build:
         return [self.path("classifier" if i == 0 else f"classifier_{i}") for i in range(self.s["classifiers"])]
 
     def classifier(self) -> None:
-        """The classifiers train side by side, one core each (the config's threads 1, workers 0):
+        """The classifiers train side by side, one thread each (the config's threads 1, workers 0):
         a classifier of this size is compute-bound on one thread and gains nothing from a second
-        (docs/demo.md), so two of them cost 1.3x the time of one, not 2x."""
+        (docs/demo.md), so two take the time of one on 2 cores. Members of different classifiers
+        make less alike errors: the ensemble gains from each distinct classifier, not from more
+        members of the same one (docs/demo.md, seventh session)."""
         commands = []
         for i, out in enumerate(self.classifier_dirs()):
             resume = ["--resume"] if (Path(out) / "checkpoint.pt").is_file() else []

@@ -218,7 +218,7 @@ def test_build_demo_runs_commands_side_by_side_and_stops_them_on_failure(tmp_pat
     bd = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bd)
     build = bd.Build(tmp_path / "work", dict(bd.QUICK), "cpu", install=False)
-    assert [Path(p).name for p in build.classifier_dirs()] == ["classifier", "classifier_1"]
+    assert [Path(p).name for p in build.classifier_dirs()] == ["classifier", "classifier_1", "classifier_2"]
     py = [sys.executable, "-c"]
     build.run_parallel([[*py, "print('one')"], [*py, "print('two')"]], [tmp_path / "b.log"])
     assert (tmp_path / "b.log").read_text().strip() == "two"
