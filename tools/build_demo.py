@@ -8,11 +8,13 @@ Run from the repository root (or anywhere: the script finds the root itself). Ev
 hand (docs/demo.md lists it):
 
  1. crops       tools/make_item_crops.py            garments pasted on photographs, one per image, class folders
- 2. classifier  detect train-classifier  (x 3)      three narrow GoogLeNets on them, side by side (configs/demo_classifier.yaml)
+ 2. classifier  detect train-classifier  (x 3)      three narrow GoogLeNets on them, side by side
+                                                    (configs/demo_classifier.yaml)
  3. scenes      tools/make_scenes.py                train / val / test scenes (Pascal VOC)
  4. multibox    detect train-multibox               MultiBox on the train scenes (configs/demo_multibox.yaml)
  5. proposals   detect proposals                    selective search + MultiBox, cached, every split
- 6. detector    detect train-detector               R-CNN fine-tuning of 3 members, one from each classifier (configs/demo_detector.yaml)
+ 6. detector    detect train-detector               R-CNN fine-tuning of 3 members, one from each
+                                                    classifier, 2 processes (configs/demo_detector.yaml)
  7. evaluate    detect eval --map --detections      VOC 2012 mAP@0.5 of the ensemble and of each member
  8. recall      detect eval --recall                boxes/image and recall of each proposal source
  9. install     copy into detect/default_model/     the built-in model (<= 15 MB)
@@ -40,7 +42,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 DETECT = [sys.executable, "-c", "from detect.entry import main; main()"]
 MAX_MODEL_BYTES = 15 * 1024 * 1024
-SCORE_COMMAND = "score-members"  # `build_demo.py score-members RUN SCENES SPLIT CACHE OUT DEVICE [--shard=i/n] [key=value ...]`
+# `build_demo.py score-members RUN SCENES SPLIT CACHE OUT DEVICE [--shard=i/n] [key=value ...]`
+SCORE_COMMAND = "score-members"
 EXAMPLE_IMAGES = ["test_01000.jpg", "test_01001.jpg", "test_01002.jpg", "test_01003.jpg", "test_01004.jpg"]
 
 # Scene counts and step settings; --quick shrinks everything to dry-run size.
