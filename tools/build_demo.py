@@ -1,6 +1,6 @@
 """Rebuild the demo detector from nothing, with the project's own commands, and ship it.
 
-    python tools/build_demo.py                 # the full recipe: about 30 minutes on 2 CPU cores
+    python tools/build_demo.py                 # the full recipe: about 27 minutes on 2 CPU cores
     python tools/build_demo.py --quick         # a few-minute dry run of every step (tiny data)
 
 Run from the repository root (or anywhere: the script finds the root itself). Every step is a
