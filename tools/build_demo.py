@@ -54,6 +54,13 @@ QUICK = {"train": 24, "val": 6, "test": 12, "crops": (300, 50), "members": 3, "c
          "detector": ["finetune.epochs=1"]}
 
 
+def shown(args: list[str]) -> str:
+    """A command as a user would type it: `detect ...`, `python ...`."""
+    words = ["detect", *args[3:]] if args[:3] == DETECT else [Path(a).name if a == sys.executable else a
+                                                              for a in args]
+    return " ".join(words)
+
+
 class Build:
     """Runs the steps in order, times them and keeps the report up to date."""
 
@@ -69,9 +76,7 @@ class Build:
         return str(self.work / name)
 
     def run(self, args: list[str]) -> None:
-        shown = ["detect", *args[3:]] if args[:3] == DETECT else [Path(a).name if a == sys.executable
-                                                                    else a for a in args]
-        print("$ " + " ".join(shown), flush=True)
+        print("$ " + shown(args), flush=True)
         subprocess.run(args, cwd=ROOT, env=self.env, check=True)
 
     def run_parallel(self, commands: list[list[str]], logs: list[Path]) -> None:
@@ -79,8 +84,7 @@ class Build:
         to logs[i - 1]. Fails if any fails, and then stops the others."""
         procs = []
         for args in commands:
-            print("$ " + " ".join(["detect", *args[3:]] if args[:3] == DETECT else
-                                  [Path(a).name if a == sys.executable else a for a in args]), flush=True)
+            print("$ " + shown(args), flush=True)
             log = None
             if procs:
                 log = open(logs[len(procs) - 1], "w")
@@ -271,30 +275,21 @@ def write_member_detections(run: Path, scenes: Path, split: str, cache_dir: Path
     only images i, i + n, ... of the split (`join_shards` joins the n folders).
     """
     import torch
-    from tqdm import tqdm
-
-    from backbone.errors import InputError
     from detect.data import load_dataset
     from detect.detector import Detector, select_detections
+    from detect.member_scores import member_probs, single_members
     from detect.results import write_detections
-    from proposals import ProposalCache
 
     ensemble = Detector.load(run, device=device, overrides=overrides)
-    singles = [Detector([member], ensemble.classes, ensemble.config) for member in ensemble.members]
+    singles = single_members([ensemble])
     dataset = load_dataset(scenes, split)
-    cache = ProposalCache(cache_dir)
     inf = ensemble.config.inference
     names = ["ensemble", *(f"member_{i}" for i in range(len(singles)))]
     detections: dict[str, dict] = {name: {} for name in names}
     index, count = shard
-    for rec in tqdm(dataset.images[index::count], desc=f"score regions ({index + 1}/{count})", unit="image",
-                    position=index):
-        cached = cache.get(rec.key)
-        if cached is None:
-            raise InputError(cache_dir, f"no cached proposals for image '{rec.key}' (run `detect proposals`)")
-        boxes = cached[0].float()
-        probs = [det.score_regions(rec.path, boxes) for det in singles]
-        for name, p in zip(names, [torch.stack(probs).mean(0), *probs]):
+    for rec, boxes, probs in member_probs(singles, dataset.images[index::count], cache_dir,
+                                          f"score regions ({index + 1}/{count})", position=index):
+        for name, p in zip(names, [probs.mean(0), *probs]):
             detections[name][rec.image_id] = select_detections(
                 boxes, p, inf.nms_iou, inf.score_threshold, inf.max_detections)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -18,14 +18,11 @@ import itertools
 import json
 from pathlib import Path
 
-import torch
-from tqdm import tqdm
-
 from backbone.errors import InputError
 from detect.data import load_dataset
 from detect.detector import Detector, select_detections
+from detect.member_scores import member_probs, single_members
 from detect.metrics import evaluate_map
-from proposals import ProposalCache
 
 
 def member_scores(runs: list[str], dataset, cache_dir: str, device: str = "cpu") -> tuple[dict, Detector]:
@@ -36,15 +33,8 @@ def member_scores(runs: list[str], dataset, cache_dir: str, device: str = "cpu")
     for run, det in zip(runs, loaded):
         if det.classes != first.classes:
             raise InputError(run, f"its classes {det.classes} differ from {runs[0]}'s {first.classes}")
-    singles = [Detector([m], first.classes, first.config) for det in loaded for m in det.members]
-    cache = ProposalCache(cache_dir)
-    scores = {}
-    for rec in tqdm(dataset.images, desc=f"score regions ({len(singles)} members)", unit="image"):
-        cached = cache.get(rec.key)
-        if cached is None:
-            raise InputError(cache_dir, f"no cached proposals for image '{rec.key}' (run `detect proposals`)")
-        boxes = cached[0].float()
-        scores[rec.image_id] = (boxes, torch.stack([d.score_regions(rec.path, boxes) for d in singles]))
+    scores = {rec.image_id: (boxes, probs) for rec, boxes, probs in member_probs(
+        single_members(loaded), dataset.images, cache_dir, f"score regions ({sum(len(d.members) for d in loaded)} members)")}
     return scores, first
 
 
