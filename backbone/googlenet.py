@@ -33,6 +33,8 @@ INCEPTION_SPECS = {
     "5b": (384, 192, 384, 48, 128, 128),
 }
 
+TRUNK_BLOCKS = ("stem", *(f"inception{name}" for name in INCEPTION_SPECS))  # in forward order
+
 
 class GoogLeNetOutputs(NamedTuple):
     logits: Tensor  # [B, num_classes] main classifier
@@ -185,6 +187,17 @@ class GoogLeNet(nn.Module):
         if self.training and self.aux_logits:
             return GoogLeNetOutputs(logits, self.aux1(a), self.aux2(d))
         return logits
+
+    def freeze_through(self, block: str) -> list[str]:
+        """Stop training the trunk from the stem up to and including `block` (a name of
+        TRUNK_BLOCKS): their parameters no longer require gradients, so the backward pass
+        stops above them. Returns the frozen blocks' names; ValueError on an unknown name."""
+        if block not in TRUNK_BLOCKS:
+            raise ValueError(f"unknown block '{block}'; one of {', '.join(TRUNK_BLOCKS)}")
+        frozen = list(TRUNK_BLOCKS[:TRUNK_BLOCKS.index(block) + 1])
+        for name in frozen:
+            getattr(self, name).requires_grad_(False)
+        return frozen
 
     def reset_classifier(self, num_classes: int) -> None:
         """New output layers (main and auxiliary) for `num_classes` classes, freshly initialised."""

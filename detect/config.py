@@ -50,6 +50,7 @@ class FinetuneConfig:
     lr_gamma: float = 0.1  # learning-rate factor at each step
     lr_step_epochs: int = 0  # epochs between learning-rate steps; 0 = constant
     dropout: float | None = None  # dropout before the classifier while fine-tuning; None = the network's own
+    freeze: str = ""  # trunk blocks left as the classifier trained them: "" none, "stem", or stem through e.g. "inception3b"
     init_head: str = "match"  # "match": rows of classes the classifier knows (by name) start from its rows; "fresh"
     amp: bool = True  # bfloat16 autocast on CUDA (ignored on the CPU)
     channels_last: bool = True  # channels-last (NHWC) crops and weights on CPU and CUDA (faster steps)

@@ -36,6 +36,7 @@ from backbone.checkpoint import check_finite_loss, load_checkpoint, save_checkpo
 from backbone.config import config_to_dict, save_config
 from backbone.distributed import DistInfo, all_reduce_sum, barrier, cleanup, init_distributed
 from backbone.errors import InputError
+from backbone.googlenet import TRUNK_BLOCKS
 from backbone.io import append_jsonl, load_image
 from backbone.loaders import start_workers, worker_init
 from backbone.models import ModelMeta, load_classifier
@@ -249,6 +250,8 @@ def check_finetune_choices(ft: FinetuneConfig) -> None:
         raise InputError(None, f"finetune.init_head must be one of {', '.join(INIT_HEADS)}, got '{ft.init_head}'")
     if ft.optimizer not in OPTIMIZERS:
         raise InputError(None, f"finetune.optimizer must be one of {', '.join(OPTIMIZERS)}, got '{ft.optimizer}'")
+    if ft.freeze and ft.freeze not in TRUNK_BLOCKS:
+        raise InputError(None, f"finetune.freeze must be empty or one of {', '.join(TRUNK_BLOCKS)}, got '{ft.freeze}'")
     if ft.lr_schedule not in LR_SCHEDULES:
         raise InputError(None, f"finetune.lr_schedule must be one of {', '.join(LR_SCHEDULES)}, "
                                f"got '{ft.lr_schedule}'")
@@ -271,6 +274,10 @@ def train_member(index: int, init_run: str | Path, classes: list[str], loader: t
     ft = cfg.finetune
     seed = ft.seed + index
     model, meta = init_member(init_run, classes, seed, ft.dropout, ft.init_head)
+    if ft.freeze:
+        if not hasattr(model, "freeze_through"):
+            raise InputError(init_run, f"finetune.freeze needs a googlenet classifier, not {meta.arch}")
+        meta.extra["frozen"] = model.freeze_through(ft.freeze)  # SGD and AdamW skip their gradless weights
     model = model.to(dist.device)
     if ft.channels_last:
         model = model.to(memory_format=torch.channels_last)

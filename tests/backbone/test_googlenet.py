@@ -139,3 +139,14 @@ def test_fast_lrn_window_at_the_edges():
     sums = torch.tensor([1 + 4 + 9, 1 + 4 + 9 + 16, 1 + 4 + 9 + 16, 4 + 9 + 16])
     expected = x.flatten() / (1.0 + sums / 5.0)
     assert torch.allclose(lrn(x).flatten(), expected)
+
+
+def test_freeze_through_stops_the_backward_pass_above_the_block():
+    net = GoogLeNet(num_classes=5, width=0.125, aux_logits=False)
+    assert net.freeze_through("inception3b") == ["stem", "inception3a", "inception3b"]
+    net(torch.randn(2, 3, 64, 64)).sum().backward()
+    for name, p in net.named_parameters():
+        frozen = name.split(".")[0] in ("stem", "inception3a", "inception3b")
+        assert p.requires_grad != frozen and (p.grad is None) == frozen, name
+    with pytest.raises(ValueError, match="unknown block"):
+        net.freeze_through("inception6a")

@@ -234,3 +234,23 @@ def test_members_start_from_several_classifiers(setup):
         assert distances[expected] < 0.1 * distances[1 - expected]
         meta = json.loads((run / "members" / str(i) / "model.json").read_text())
         assert meta["extra"]["init"] == str([s["init"], other][expected])
+
+
+def test_frozen_blocks_keep_the_classifier_weights(setup):
+    # finetune.freeze=inception3a: the stem and 3a stay as the classifier trained them, 3b on train.
+    s = setup
+    run = train_detector(_cfg("finetune.epochs=2", "finetune.freeze=inception3a", "finetune.weight_decay=0.01"),
+                         s["train"], None, s["cache"], s["init"], s["root"] / "frozen", members=1, device="cpu")
+    start, after = load_weights(s["init"] / "model.safetensors"), _member_weights(run)
+    blocks = {"stem": True, "inception3a": True, "inception3b": False, "inception5b": False}
+    for block, frozen in blocks.items():
+        keys = [k for k in after if k.startswith(block + ".")]
+        assert keys, block
+        same = all(torch.equal(after[k], start[k]) for k in keys)
+        assert same == frozen, block
+    meta = json.loads((run / "members" / "0" / "model.json").read_text())
+    assert meta["extra"]["frozen"] == ["stem", "inception3a"]
+    with pytest.raises(InputError, match="finetune.freeze"):  # before any work is done
+        train_detector(_cfg("finetune.freeze=inception9z"), s["train"], None, s["cache"], s["init"],
+                       s["root"] / "bad_freeze", members=1, device="cpu")
+    assert not (s["root"] / "bad_freeze" / "train").exists()
