@@ -183,6 +183,9 @@ def test_torchvision_architecture_member(setup):
     assert det.members[0][1].arch == "torchvision_googlenet"
     scores = det.score_regions(s["train"].images[0].path, s["train"].images[0].boxes)
     assert scores.shape == (len(s["train"].images[0].boxes), 4)
+    with pytest.raises(InputError, match="finetune.freeze needs a googlenet"):
+        train_detector(_cfg("finetune.epochs=1", "finetune.freeze=stem"), s["train"], None, s["cache"], init,
+                       s["root"] / "tv_frozen", members=1, device="cpu")
 
 
 def test_head_rows_of_known_classes_start_from_the_classifier(tmp_path):
