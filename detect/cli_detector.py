@@ -1,8 +1,6 @@
 """`detect train-detector` and `detect run`: the R-CNN detector from the command line."""
 from __future__ import annotations
 
-import os
-
 import click
 
 from backbone.errors import InputError
@@ -49,7 +47,8 @@ def train_detector(data, proposals_dir, init_run, config_path, out, members, spl
     val = load_dataset(data, split=val_split) if val_split else None
     run_dir = train(cfg, dataset, val, proposals_dir, init_run, out, members=members, resume=resume,
                     device=device)
-    if os.environ.get("RANK", "0") == "0":  # under torchrun: once, from rank 0
+    from detect.sharding import torchrun_shard
+    if (torchrun_shard() or (0, 1))[0] == 0:  # under torchrun: once, from rank 0
         click.echo(f"detector saved in {run_dir} (detect run --model {run_dir} --image PHOTO)")
 
 

@@ -335,8 +335,9 @@ def main(argv: list[str] | None = None) -> None:
         argv = sys.argv[1:]
     if argv[:1] == [SCORE_COMMAND]:  # the evaluate step's child process
         run, scenes, split, cache, out, device = argv[1:7]
+        from detect.sharding import parse_shard
         rest = [a for a in argv[7:] if not a.startswith("--shard=")]
-        shard = next((tuple(map(int, a[8:].split("/"))) for a in argv[7:] if a.startswith("--shard=")), (0, 1))
+        shard = next((parse_shard(a[len("--shard="):]) for a in argv[7:] if a.startswith("--shard=")), (0, 1))
         if shard[1] > 1 and device == "cpu":
             import torch
             torch.set_num_threads(max(1, (os.cpu_count() or 1) // shard[1]))
