@@ -1,5 +1,5 @@
 """Each member of an ensemble scoring cached proposals on its own: what the demo build's
-evaluate step and `tools/ensemble_subsets.py` need to measure members and their means
+evaluate step needs to measure members and their mean
 without running the network twice (the ensemble's scores are the mean of its members',
 exactly `Detector.score_regions`)."""
 from __future__ import annotations

@@ -150,24 +150,6 @@ def test_prepare_fashion_mnist_writes_class_folders(tmp_path):
     assert padded[:2].max() == padded[30:].max() == padded[:, :2].max() == padded[:, 30:].max() == 0
 
 
-def test_probe_tool_shifts_and_mirrors_each_image_by_hand():
-    spec = importlib.util.spec_from_file_location("probe_fashion_mnist", ROOT / "tools" / "probe_fashion_mnist.py")
-    probe = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(probe)
-    x = torch.arange(2 * 5 * 5, dtype=torch.float32).view(2, 1, 5, 5) + 1
-    gen = torch.Generator().manual_seed(3)
-    out = probe.shift_and_mirror(x, 2, gen)
-    # Replay the generator: the same shifts and flips, applied by hand with a zero border.
-    gen = torch.Generator().manual_seed(3)
-    dy, dx = torch.randint(0, 5, (2,), generator=gen), torch.randint(0, 5, (2,), generator=gen)
-    flip = torch.rand(2, generator=gen) < 0.5
-    for b in range(2):
-        padded = torch.nn.functional.pad(x[b, 0], (2, 2, 2, 2))
-        want = padded[dy[b]:dy[b] + 5, dx[b]:dx[b] + 5]
-        assert torch.equal(out[b, 0], want.flip(1) if flip[b] else want), b
-    assert torch.equal(probe.shift_and_mirror(x, 0, torch.Generator().manual_seed(0)).abs().sum(), x.sum())
-
-
 def test_decoded_image_cache_serves_later_epochs_within_its_budget(tmp_path):
     for i in range(3):
         _png(tmp_path / "a" / f"{i}.png", value=40 * i)
