@@ -8,7 +8,7 @@ import click
 @click.option("--data", required=True, type=click.Path(exists=True),
               help="Detection data set: a VOC/ILSVRC folder or a COCO instances JSON (or its folder).")
 @click.option("--config", "config_path", required=True, type=click.Path(),
-              help="YAML recipe, e.g. configs/multibox_demo.yaml.")
+              help="YAML recipe, e.g. configs/demo_multibox.yaml.")
 @click.option("--out", required=True, type=click.Path(file_okay=False),
               help="Run folder: model.safetensors + multibox.json, config.yaml, metrics.jsonl, checkpoint.pt.")
 @click.option("--split", default=None, help="Training split (VOC/ILSVRC ImageSets/Main/SPLIT.txt, COCO file suffix).")

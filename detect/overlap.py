@@ -7,7 +7,7 @@ OpenCV code, region scoring is a multi-threaded (or GPU) network. `proposals_ahe
 bounded number of images' proposals in flight in a pool of one-thread worker processes and
 hands them back in order, so the caller scores image i while the workers segment images
 i+1 .. i+look-ahead. The results are the sequential path's: the same proposer code on the same
-pixels (tests/detect/test_overlap.py checks it).
+pixels (tests/detect/test_run_resume.py checks it).
 """
 from __future__ import annotations
 

@@ -80,7 +80,7 @@ def test_every_shipped_config_loads_into_its_dataclass():
     kinds = {"demo_classifier": ClassifierConfig, "fashion_mnist_classifier": ClassifierConfig,
              "fashion_mnist_adamw": ClassifierConfig, "imagenet_googlenet": ClassifierConfig,
              "demo_detector": DetectorConfig, "detector_ilsvrc": DetectorConfig,
-             "demo_multibox": MultiBoxConfig, "multibox_demo": MultiBoxConfig,
+             "demo_multibox": MultiBoxConfig,
              "demo_proposals": ProposalConfig}
     files = sorted((Path(__file__).resolve().parents[2] / "configs").glob("*.yaml"))
     assert {f.stem for f in files} == set(kinds), "a config without a known dataclass"

@@ -25,7 +25,7 @@ from proposals.multibox import (MultiBox, MultiBoxMeta, build_multibox_net, deco
                                 kmeans_priors, match, multibox_loss, save_multibox)
 from proposals.multibox_train import (MultiBoxConfig, hflip, lr_at, recall_at, train_multibox)
 
-CONFIG = Path(__file__).resolve().parents[2] / "configs" / "multibox_demo.yaml"
+CONFIG = Path(__file__).resolve().parent / "multibox_small.yaml"
 PRIORS = torch.tensor([[0.0, 0.0, 0.5, 0.5], [0.5, 0.5, 1.0, 1.0]])
 STD = torch.full((2, 4), 0.1)
 GT = [torch.tensor([[0.1, 0.1, 0.5, 0.5]])]
@@ -224,7 +224,7 @@ def sliding_windows(width: int, height: int, count: int = 200) -> torch.Tensor:
 
 
 def small_config(**train) -> MultiBoxConfig:
-    """configs/multibox_demo.yaml (the must-hold recipe) with `train` overrides."""
+    """tests/proposals/multibox_small.yaml (the must-hold recipe) with `train` overrides."""
     return load_config(MultiBoxConfig, CONFIG, [f"train.{k}={v}" for k, v in train.items()])
 
 
