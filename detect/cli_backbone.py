@@ -4,8 +4,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
-import torch
 
+from backbone.device import resolve_device
 from backbone.errors import InputError
 from backbone.models import ARCHS
 
@@ -31,16 +31,6 @@ def summary(arch: str, width: float, input_size: int, num_classes: int, aux: boo
         meta = read_meta(run_dir)
         arch, width, input_size, num_classes = meta.arch, meta.width, meta.input_size, meta.num_classes
     click.echo(format_summary(build_summary(arch, width, input_size, num_classes, aux)))
-
-
-def resolve_device(device: str) -> torch.device:
-    """"auto" -> cuda when available, else cpu."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        return torch.device(device)
-    except RuntimeError as e:
-        raise InputError(None, f"unknown device '{device}': {e}") from None
 
 
 def labelled_samples(data: str | Path, classes: list[str]) -> list[tuple[str, int]]:

@@ -30,9 +30,10 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from backbone.device import resolve_device
 from backbone.models import ModelMeta, build_model
 from detect.config import DetectorConfig
-from detect.detector import Detector, resolve_device, resolve_precision
+from detect.detector import Detector, resolve_precision
 
 
 def count_macs(model: nn.Module, size: int) -> int:

@@ -31,10 +31,11 @@ import numpy as np
 import torch
 from PIL import Image
 
+from backbone.device import resolve_device
 from backbone.io import load_image
 from backbone.models import ModelMeta, build_model
 from detect.config import DetectorConfig
-from detect.detector import Detector, resolve_device
+from detect.detector import Detector
 from detect.run_images import detect_images, list_images
 
 ROOT = Path(__file__).resolve().parents[1]

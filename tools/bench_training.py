@@ -31,9 +31,9 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from backbone.device import resolve_device
 from backbone.distributed import DistInfo
 from backbone.models import ModelMeta, build_model
-from detect.detector import resolve_device
 
 
 def write_scenes(folder: Path, n: int, size: tuple[int, int], seed: int = 0) -> list[tuple[Path, list]]:

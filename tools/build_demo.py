@@ -180,8 +180,8 @@ class Build:
         more cores (threads split between them). In the demo's builds on 2 cores: a member epoch
         12.8 s against 16 s for one process on 2 threads, the evaluate step 94 s against 141 s."""
         if self.device == "auto":
-            import torch
-            self.device = "cuda" if torch.cuda.is_available() else "cpu"
+            from backbone.device import resolve_device
+            self.device = str(resolve_device("auto"))
         return 2 if self.device == "cpu" and (os.cpu_count() or 1) >= 2 else 1
 
     def detector(self) -> None:
