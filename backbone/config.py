@@ -116,7 +116,8 @@ def config_to_dict(cfg: Any) -> dict:
     return plain(out)
 
 
-def _set_dotted(data: dict, key: str, value: Any) -> None:
+def set_dotted(data: dict, key: str, value: Any) -> None:
+    """data["a"]["b"]["c"] = value for key "a.b.c", making the sections that are missing."""
     parts = key.split(".")
     node = data
     for part in parts[:-1]:
@@ -126,13 +127,12 @@ def _set_dotted(data: dict, key: str, value: Any) -> None:
     node[parts[-1]] = value
 
 
-def _merge(base: dict, extra: dict) -> dict:
+def deep_merge(base: dict, extra: dict) -> dict:
+    """`base` with `extra` laid over it: sections merge key by key, any other value replaces.
+    Neither input is changed."""
     out = dict(base)
     for k, v in extra.items():
-        if isinstance(v, dict) and isinstance(out.get(k), dict):
-            out[k] = _merge(out[k], v)
-        else:
-            out[k] = v
+        out[k] = deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
     return out
 
 
@@ -147,7 +147,7 @@ def parse_overrides(overrides: Sequence[str]) -> dict:
             value = yaml.safe_load(raw) if raw != "" else ""
         except yaml.YAMLError:
             value = raw
-        _set_dotted(data, key.strip(), value)
+        set_dotted(data, key.strip(), value)
     return data
 
 
@@ -173,10 +173,10 @@ def load_config(cls: type[T], path: str | Path | None = None,
     data = dict(base or {})
     where = "<defaults>"
     if path is not None:
-        data = _merge(data, read_yaml(path))
+        data = deep_merge(data, read_yaml(path))
         where = str(path)
     if overrides:
-        data = _merge(data, parse_overrides(overrides))
+        data = deep_merge(data, parse_overrides(overrides))
         where = f"{where} + command line" if path is not None else "<command line>"
     return config_from_dict(cls, data, where)
 

@@ -28,7 +28,8 @@ import torch
 from torch import Tensor, nn
 from torchvision.ops import batched_nms
 
-from backbone.config import config_from_dict, parse_overrides, read_yaml, save_config
+from backbone.config import config_from_dict, deep_merge, parse_overrides, read_yaml, save_config, set_dotted
+from backbone.device import resolve_device
 from backbone.errors import InputError
 from backbone.io import atomic_write_json, load_image, read_json
 from backbone.models import ModelMeta, load_classifier, save_classifier
@@ -44,19 +45,6 @@ DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "default_model"
 
 Member = tuple[nn.Module, ModelMeta]
 Proposer = Callable[[np.ndarray], tuple[Tensor, Tensor]]
-
-
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """"auto" -> the first GPU if there is one, else the CPU."""
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except RuntimeError:
-        raise InputError(None, f"unknown device '{device}' (use cpu, cuda, cuda:1 or auto)") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise InputError(None, f"device '{device}' asked for, but no CUDA GPU is available")
-    return dev
 
 
 def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
@@ -378,18 +366,6 @@ def _load_run_config(run: Path, overrides: Sequence[str], settings: dict) -> Det
     inference_fields = {f.name for f in dataclasses.fields(InferenceConfig)}
     extra = parse_overrides(overrides)
     for key, value in settings.items():
-        dotted = f"inference.{key}" if key in inference_fields else key.replace("__", ".")
-        *sections, leaf = dotted.split(".")
-        node = extra
-        for s in sections:
-            node = node.setdefault(s, {})
-        node[leaf] = value
+        set_dotted(extra, f"inference.{key}" if key in inference_fields else key.replace("__", "."), value)
     where = str(run / RUN_YAML) + (" + overrides" if extra else "")
-    return config_from_dict(DetectorConfig, _deep_merge(data, extra), where)
-
-
-def _deep_merge(base: dict, extra: dict) -> dict:
-    out = dict(base)
-    for k, v in extra.items():
-        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
+    return config_from_dict(DetectorConfig, deep_merge(data, extra), where)

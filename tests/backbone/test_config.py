@@ -2,7 +2,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from backbone.config import load_config, save_config, parse_overrides
+from backbone.config import deep_merge, load_config, parse_overrides, save_config, set_dotted
 from backbone.errors import InputError
 
 
@@ -61,6 +61,22 @@ def test_save_then_load_round_trip(tmp_path):
     cfg = load_config(Outer, None, ["inner.lr=0.5", "name=abc"])
     save_config(cfg, tmp_path / "saved.yaml")
     assert load_config(Outer, tmp_path / "saved.yaml") == cfg
+
+
+def test_deep_merge_merges_sections_and_replaces_values():
+    base = {"a": {"x": 1, "y": [1, 2]}, "b": 2}
+    merged = deep_merge(base, {"a": {"y": [3]}, "c": {"z": 0}})
+    assert merged == {"a": {"x": 1, "y": [3]}, "b": 2, "c": {"z": 0}}
+    assert base == {"a": {"x": 1, "y": [1, 2]}, "b": 2}  # inputs untouched
+    assert deep_merge({"a": {"x": 1}}, {"a": 5}) == {"a": 5}  # a value replaces a section
+
+
+def test_set_dotted_makes_sections_and_refuses_a_value_as_a_section():
+    data = {"a": {"x": 1}}
+    set_dotted(data, "a.b.c", 2)
+    assert data == {"a": {"x": 1, "b": {"c": 2}}}
+    with pytest.raises(InputError, match="'x' is not a section"):
+        set_dotted(data, "a.x.y", 3)
 
 
 def test_override_syntax_error():
