@@ -49,9 +49,10 @@ def data(data, split, class_list, no_image_check, to_coco) -> None:
 
 def eval_map(data: str, split: str | None, detections: str | None, models: list[str],
              protocol: str, json_path: str | None, plots: str | None, device: str = "auto",
-             batch_size: int = 64) -> dict:
+             batch_size: int = 64, errors: bool = False) -> dict:
     """`detect eval --map`: evaluate a detections file (or a detector run) on a data set,
-    print the per-class AP table and the mean, optionally write JSON and PR-curve PNGs."""
+    print the per-class AP table and the mean, optionally write JSON and PR-curve PNGs.
+    `errors`: also print and report where the mAP goes (`detect.error_analysis`)."""
     dataset = load_dataset(data, split=split)
     if not dataset.images:
         raise InputError(data, "the data set has no images: nothing to evaluate")
@@ -63,6 +64,10 @@ def eval_map(data: str, split: str | None, detections: str | None, models: list[
         dets = detect_dataset(det, dataset, batch_size=batch_size)
     report = evaluate_map(dataset, dets, protocol)
     click.echo(format_report(report))
+    if errors:
+        from detect.error_analysis import error_report, format_errors
+        report["errors"] = error_report(dataset, dets)
+        click.echo(format_errors(report["errors"]))
     if json_path:
         atomic_write_json(json_path, _json_ready(report))
     if plots:

@@ -1,4 +1,4 @@
-"""`detect eval`: one command, three measurements (--accuracy, --map, --recall)."""
+"""`detect eval`: one command, four measurements (--accuracy, --map, --recall, --box-accuracy)."""
 from __future__ import annotations
 
 import click
@@ -13,6 +13,9 @@ from backbone.errors import InputError
               help="Detection mAP of a detections file (or of --model run over the data set).")
 @click.option("--recall", "mode", flag_value="recall",
               help="Recall of cached proposals against the data set's ground truth.")
+@click.option("--box-accuracy", "mode", flag_value="box-accuracy",
+              help="Top-1 of classifier runs or detector members on the data set's ground-truth boxes "
+                   "(naming with the boxes given; a detector run: each of its members).")
 @click.option("--data", required=True, type=click.Path(exists=True),
               help="--accuracy: a folder of class folders (or ILSVRC val layout); --map/--recall: a detection data set.")
 @click.option("--split", default=None, help="Split of a VOC/ILSVRC data set (ImageSets/Main/SPLIT.txt).")
@@ -29,12 +32,15 @@ from backbone.errors import InputError
               help="--recall: a proposal cache written by `detect proposals`.")
 @click.option("--json", "json_path", type=click.Path(), default=None, help="Also write the numbers as JSON here.")
 @click.option("--plots", type=click.Path(), default=None, help="--map: write precision-recall curves (PNG) here.")
+@click.option("--errors", is_flag=True,
+              help="--map: also show where the mAP goes: per class the objects found, named correctly and "
+                   "confused with which class, and its top detections' kinds (tp, dup, loc, conf, bg).")
 @click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:1 or auto.")
 @click.option("--batch-size", default=64, show_default=True, help="Images (crops) per forward pass.")
 @click.option("--workers", default=2, show_default=True, help="Data loading worker processes.")
 def eval_command(mode, data, split, models, crops, table, detections, protocol, proposals_path,
-                 json_path, plots, device, batch_size, workers) -> None:
-    """Measure a classifier (--accuracy), a detector (--map) or proposals (--recall)."""
+                 json_path, plots, errors, device, batch_size, workers) -> None:
+    """Measure a classifier (--accuracy), a detector (--map, --box-accuracy) or proposals (--recall)."""
     if mode == "accuracy":
         from detect.cli_backbone import eval_accuracy
         if not models:
@@ -47,11 +53,16 @@ def eval_command(mode, data, split, models, crops, table, detections, protocol, 
             raise InputError(None, "--map needs --detections FILE or --model RUN")
         eval_map(data=data, split=split, detections=detections, models=list(models),
                  protocol=protocol, json_path=json_path, plots=plots, device=device,
-                 batch_size=batch_size)
+                 batch_size=batch_size, errors=errors)
     elif mode == "recall":
         from detect.cli_proposals import eval_recall
         if proposals_path is None:
             raise InputError(None, "--recall needs --proposals CACHE")
         eval_recall(data=data, split=split, proposals=proposals_path, json_path=json_path)
+    elif mode == "box-accuracy":
+        from detect.error_analysis import eval_box_accuracy
+        if not models:
+            raise InputError(None, "--box-accuracy needs at least one --model RUN")
+        eval_box_accuracy(data=data, split=split, models=list(models), json_path=json_path, device=device)
     else:
-        raise click.UsageError("choose one of --accuracy, --map, --recall")
+        raise click.UsageError("choose one of --accuracy, --map, --recall, --box-accuracy")
