@@ -8,6 +8,7 @@ next to every output it produced (`save_config`).
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import re
 import types
 import typing
@@ -75,6 +76,13 @@ def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
 
 
+def _unknown_key(key: str, known: list[str], prefix: str) -> str:
+    """'unknown key ...' with the closest known key, or every key when none is close."""
+    close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+    hint = f"did you mean {prefix}{close[0]}?" if close else f"known keys: {', '.join(known)}"
+    return f"unknown key '{prefix}{key}' ({hint})"
+
+
 def config_from_dict(cls: type[T], data: dict, where: str = "<config>", prefix: str = "") -> T:
     """Build dataclass `cls` from `data`, filling missing keys with defaults; strict."""
     if not isinstance(data, dict):
@@ -83,8 +91,7 @@ def config_from_dict(cls: type[T], data: dict, where: str = "<config>", prefix: 
     fields = {f.name: f for f in dataclasses.fields(cls)}
     for key in data:
         if key not in fields:
-            known = ", ".join(sorted(fields))
-            raise InputError(where, f"unknown key '{prefix}{key}' (known keys: {known})")
+            raise InputError(where, _unknown_key(str(key), sorted(fields), prefix))
     kwargs = {}
     for name, value in data.items():
         tp = hints[name]

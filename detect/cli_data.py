@@ -9,11 +9,6 @@ from pathlib import Path
 import click
 
 from backbone.errors import InputError
-from backbone.io import atomic_path, atomic_write_json
-from detect.data import load_dataset, write_coco
-from detect.data_report import find_problems, format_summary, summarize
-from detect.metrics import evaluate_map
-from detect.results import read_detections
 
 
 @click.command("data")
@@ -29,6 +24,9 @@ def data(data, split, class_list, no_image_check, to_coco) -> None:
 
     Exits with status 1 when problems were found, 0 when none.
     """
+    from detect.data import load_dataset, write_coco
+    from detect.data_report import find_problems, format_summary, summarize
+
     errors: list[str] = []
     dataset = load_dataset(data, split=split, class_list=class_list, errors=errors)
     click.echo(format_summary(summarize(dataset)))
@@ -52,7 +50,13 @@ def eval_map(data: str, split: str | None, detections: str | None, models: list[
              batch_size: int = 64, errors: bool = False) -> dict:
     """`detect eval --map`: evaluate a detections file (or a detector run) on a data set,
     print the per-class AP table and the mean, optionally write JSON and PR-curve PNGs.
-    `errors`: also print and report where the mAP goes (`detect.error_analysis`)."""
+    `errors`: also print and report where the mAP goes (`detect.error_analysis`).
+    No `detections` and no `models`: the built-in detector is run over the data set."""
+    from backbone.io import atomic_write_json
+    from detect.data import load_dataset
+    from detect.metrics import evaluate_map
+    from detect.results import read_detections
+
     dataset = load_dataset(data, split=split)
     if not dataset.images:
         raise InputError(data, "the data set has no images: nothing to evaluate")
@@ -60,7 +64,7 @@ def eval_map(data: str, split: str | None, detections: str | None, models: list[
         dets = read_detections(detections, dataset)
     else:
         from detect.detector import Detector, detect_dataset
-        det = Detector.load(models[0], device=device)
+        det = Detector.load(models[0] if models else None, device=device)
         dets = detect_dataset(det, dataset, batch_size=batch_size)
     report = evaluate_map(dataset, dets, protocol)
     click.echo(format_report(report))
@@ -108,6 +112,8 @@ def write_pr_plots(report: dict, folder: str | Path) -> int:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    from backbone.io import atomic_path
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)

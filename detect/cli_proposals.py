@@ -3,10 +3,7 @@ from __future__ import annotations
 
 import click
 
-from backbone.config import load_config
 from backbone.errors import InputError
-from backbone.io import atomic_write_json
-from detect.sharding import cores_per_process, resolve_shard
 
 
 @click.command("proposals")
@@ -32,7 +29,9 @@ def proposals(data, config_path, out, split, workers, shard, quiet, overrides) -
     Interrupt it and run it again: finished images are not recomputed. Unreadable images are
     skipped and listed at the end (exit status 1); everything else is kept.
     """
+    from backbone.config import load_config
     from detect.data import load_dataset
+    from detect.sharding import cores_per_process, resolve_shard
     from proposals import ProposalConfig, compute_proposals
 
     config = load_config(ProposalConfig, config_path, overrides)
@@ -77,6 +76,7 @@ def eval_recall(data: str, split: str | None, proposals: str, json_path: str | N
     the merge. Ground-truth boxes marked difficult (VOC/ILSVRC) or crowd (COCO) are left out;
     images without a cache entry are counted and left out.
     """
+    from backbone.io import atomic_write_json
     from detect.data import load_dataset
     from proposals import read_cache
 
