@@ -1,18 +1,12 @@
 """torchvision GoogLeNet weights from a local file -> a model folder that reproduces it."""
-import importlib.util
-from pathlib import Path
-
 import pytest
 import torch
-from click.testing import CliRunner
 from torchvision.models import googlenet, resnet18
 
 from backbone.convert import convert_torchvision_weights
 from backbone.crops import normalize
 from backbone.errors import InputError
 from backbone.models import IMAGENET_MEAN, IMAGENET_STD, load_classifier
-
-TOOL = Path(__file__).resolve().parents[2] / "tools" / "convert_torchvision_weights.py"
 
 
 def torchvision_net(transform_input, num_classes=1000, aux=True):
@@ -43,23 +37,17 @@ def test_converted_model_reproduces_torchvision(tmp_path, transform_input):
     assert torch.allclose(got, want, atol=1e-5, rtol=0)
 
 
-def test_classes_file_and_tool(tmp_path):
+def test_classes_file(tmp_path):
     net = torchvision_net(True, num_classes=3, aux=False)
     torch.save({"state_dict": net.state_dict()}, tmp_path / "w.pth")
     (tmp_path / "classes.txt").write_text("cat\ndog\n\nfox\n")
-    spec = importlib.util.spec_from_file_location("convert_tool", TOOL)
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
-    result = CliRunner().invoke(tool.main, [str(tmp_path / "w.pth"), "--out", str(tmp_path / "run"),
-                                            "--classes", str(tmp_path / "classes.txt")])
-    assert result.exit_code == 0, result.output
+    convert_torchvision_weights(tmp_path / "w.pth", tmp_path / "run", tmp_path / "classes.txt")
     model, meta = load_classifier(tmp_path / "run")
     assert meta.classes == ["cat", "dog", "fox"] and meta.mean == (0.5, 0.5, 0.5)
     assert model(torch.zeros(1, 3, 64, 64)).shape == (1, 3)
     (tmp_path / "two.txt").write_text("cat\ndog\n")
-    result = CliRunner().invoke(tool.main, [str(tmp_path / "w.pth"), "--out", str(tmp_path / "r2"),
-                                            "--classes", str(tmp_path / "two.txt")])
-    assert result.exit_code == 2 and "2 class names for a classifier of 3 outputs" in result.output
+    with pytest.raises(InputError, match="2 class names for a classifier of 3 outputs"):
+        convert_torchvision_weights(tmp_path / "w.pth", tmp_path / "r2", tmp_path / "two.txt")
 
 
 def test_wrong_files_are_input_errors(tmp_path):

@@ -1,5 +1,4 @@
 import gzip
-import importlib.util
 import struct
 from pathlib import Path
 
@@ -10,10 +9,9 @@ from PIL import Image
 
 from backbone.data import ImageDataset, sample_seed, scan_image_folder
 from backbone.errors import InputError
+from backbone.fashion_mnist import prepare
 from backbone.loaders import EpochKeys
 from backbone.transforms import TrainTransform
-
-ROOT = Path(__file__).resolve().parents[2]
 
 
 def _png(path: Path, value: int = 128, mode: str = "RGB") -> None:
@@ -115,13 +113,6 @@ def test_epoch_keys_wait_for_an_epoch_and_carry_it():
     assert [e for e, _ in later] == [3] * 5 and [i for _, i in later] != [i for _, i in first]
 
 
-def _load_tool():
-    spec = importlib.util.spec_from_file_location("prepare_fashion_mnist", ROOT / "tools" / "prepare_fashion_mnist.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def _write_idx(path: Path, array: np.ndarray) -> None:
     header = struct.pack(">HBB", 0, 8, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
     with gzip.open(path, "wb") as f:
@@ -129,14 +120,13 @@ def _write_idx(path: Path, array: np.ndarray) -> None:
 
 
 def test_prepare_fashion_mnist_writes_class_folders(tmp_path):
-    tool = _load_tool()
     src = tmp_path / "idx"
     src.mkdir()
     images = np.arange(3 * 28 * 28).reshape(3, 28, 28) % 256
     for prefix, labels in (("train", [9, 0, 9]), ("t10k", [3, 3, 1])):
         _write_idx(src / f"{prefix}-images-idx3-ubyte.gz", images)
         _write_idx(src / f"{prefix}-labels-idx1-ubyte.gz", np.array(labels))
-    assert tool.prepare(src, tmp_path / "out") == {"train": 3, "val": 3}
+    assert prepare(src, tmp_path / "out") == {"train": 3, "val": 3}
     classes, samples = scan_image_folder(tmp_path / "out" / "train")
     assert classes[0] == "0_T-shirt_top" and classes[9] == "9_Ankle_boot" and len(classes) == 10
     assert sorted(k for _, k in samples) == [0, 9, 9]
@@ -144,7 +134,7 @@ def test_prepare_fashion_mnist_writes_class_folders(tmp_path):
     assert png.shape == (28, 28, 3) and np.array_equal(png[:, :, 1], images[2])
     assert [k for _, k in scan_image_folder(tmp_path / "out" / "val")[1]] == [1, 3, 3]
     # --pad frames the garment with black pixels: 32 x 32, the original in the middle
-    tool.prepare(src, tmp_path / "pad", pad=2)
+    prepare(src, tmp_path / "pad", pad=2)
     padded = np.asarray(Image.open(tmp_path / "pad" / "val" / "1_Trouser" / "00002.png"))
     assert padded.shape == (32, 32, 3) and np.array_equal(padded[2:30, 2:30, 0], images[2])
     assert padded[:2].max() == padded[30:].max() == padded[:, :2].max() == padded[:, 30:].max() == 0

@@ -1,28 +1,15 @@
-"""Garment crops for the demo classifier (tools/make_item_crops.py): geometry, reproducibility, layout."""
+"""Garment crops for the demo classifier (detect/item_crops.py): geometry, reproducibility, layout."""
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from backbone.data import scan_image_folder
+from detect import item_crops as ic
 
-ROOT = Path(__file__).resolve().parents[2]
 FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
-
-
-def _load_tool():
-    spec = importlib.util.spec_from_file_location("make_item_crops", ROOT / "tools" / "make_item_crops.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["make_item_crops"] = module  # worker processes find its functions by module name
-    spec.loader.exec_module(module)
-    return module
-
-
-ic = _load_tool()
 needs_fmnist = pytest.mark.skipif(not (FASHION_MNIST / "train-images-idx3-ubyte.gz").is_file(),
                                   reason="Fashion-MNIST IDX files (Debian dataset-fashion-mnist) not installed")
 
@@ -60,7 +47,7 @@ def test_background_boxes_stay_clear_of_the_item():
     rng = np.random.default_rng(0)
     item = np.array([100, 80, 180, 200], np.float32)
     boxes = [ic.background_box(item, 400, 350, rng) for _ in range(200)]
-    assert all(ic.ms.box_iou_np(b, item) < 0.3 for b in boxes)
+    assert all(ic.scenes.box_iou_np(b, item) < 0.3 for b in boxes)
     assert all(0 <= b[0] < b[2] <= 400 and 0 <= b[1] < b[3] <= 350 for b in boxes)
     sides = [max(b[2] - b[0], b[3] - b[1]) for b in boxes]
     assert min(sides) >= 24 - 1e-3 and max(sides) <= 160 + 1e-3  # the items' size range
@@ -84,7 +71,7 @@ def test_crops_are_reproducible_class_folders_whatever_the_workers(tmp_path):
     files = sorted(p.relative_to(tmp_path / "one") for p in (tmp_path / "one").rglob("*.png"))
     assert files == sorted(p.relative_to(tmp_path / "two") for p in (tmp_path / "two").rglob("*.png"))
     assert all((tmp_path / "one" / f).read_bytes() == (tmp_path / "two" / f).read_bytes() for f in files)
-    photos, fm = ic.ms.load_photos(), {"train": ic.ms.load_fashion_mnist(FASHION_MNIST, "train")}
+    photos, fm = ic.scenes.load_photos(), {"train": ic.scenes.load_fashion_mnist(FASHION_MNIST, "train")}
     pixels, label = ic.make_crop("val", 3, 0, 40, photos, fm)
     assert pixels.shape == (40, 40, 3) and (tmp_path / "one" / "val" / ic.CLASSES[label] / "000003.png").is_file()
     with pytest.raises(SystemExit, match="test items"):

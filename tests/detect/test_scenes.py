@@ -1,4 +1,4 @@
-"""The demo scenes (tools/make_scenes.py): reproducible, exact boxes, disjoint splits, VOC round trip."""
+"""The demo scenes (detect/scenes.py): reproducible, exact boxes, disjoint splits, VOC round trip."""
 from __future__ import annotations
 
 import importlib.util
@@ -10,20 +10,13 @@ import torch
 from PIL import Image
 from torchvision.ops import box_iou
 
+from detect import scenes as ms
 from detect.data import load_dataset
 
 ROOT = Path(__file__).resolve().parents[2]
 FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 
 
-def _load_tool():
-    spec = importlib.util.spec_from_file_location("make_scenes", ROOT / "tools" / "make_scenes.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-ms = _load_tool()
 needs_fmnist = pytest.mark.skipif(not (FASHION_MNIST / "t10k-images-idx3-ubyte.gz").is_file(),
                                   reason="Fashion-MNIST IDX files (Debian dataset-fashion-mnist) not installed")
 
