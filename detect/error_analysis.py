@@ -217,7 +217,7 @@ def eval_box_accuracy(data: str, split: str | None, models: list[str], json_path
     from backbone.errors import InputError
     from backbone.io import atomic_write_json
     from detect.data import load_dataset
-    from detect.detector import resolve_device
+    from backbone.device import resolve_device
 
     dataset = load_dataset(data, split=split)
     if not dataset.images:
