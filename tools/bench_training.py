@@ -67,7 +67,7 @@ def best_of(repeats: int, real, premade) -> tuple[float, float]:
 
 def bench_classifier(args: argparse.Namespace, tmp: Path, device: torch.device) -> dict:
     """train-classifier's epoch over real JPEGs vs over pre-made batches."""
-    from backbone.train import ClassifierConfig, ModelEMA, build_loaders, make_optimizer, train_one_epoch
+    from backbone.train import ClassifierConfig, build_loaders, build_state, make_schedule, train_one_epoch
 
     n = args.steps * args.batch
     for split, count in (("train", n), ("val", args.batch)):
@@ -83,16 +83,15 @@ def bench_classifier(args: argparse.Namespace, tmp: Path, device: torch.device) 
     model = build_model("googlenet", 3, width=args.width, aux_logits=True).to(device)
     if cfg.train.channels_last:  # as train_classifier does (both sides run the same step)
         model = model.to(memory_format=torch.channels_last)
-    ema, optimizer = ModelEMA(model, cfg.train.ema_decay), make_optimizer(model, cfg.train)
-    scaler = torch.amp.GradScaler(enabled=False)
+    state, schedule = build_state(model, cfg.train, device), make_schedule(cfg.train, len(loader))
     premade = [(x.clone(), y.clone()) for x, y in loader]  # the loader's own batches, made once
 
     def epoch(batches) -> float:
         start = time.perf_counter()
-        train_one_epoch(model, ema, batches, optimizer, cfg.train, 0, device, scaler, show_progress=False)
+        train_one_epoch(model, state, batches, schedule, cfg.train, 0, device, show_progress=False)
         return time.perf_counter() - start
 
-    train_one_epoch(model, ema, premade[:1], optimizer, cfg.train, 0, device, scaler, show_progress=False)
+    train_one_epoch(model, state, premade[:1], schedule, cfg.train, 0, device, show_progress=False)
     real_s, premade_s = best_of(args.repeats, lambda: epoch(loader), lambda: epoch(premade))
     images = len(loader) * args.batch
     return {"images": images, "real_images_per_s": images / real_s,

@@ -12,9 +12,12 @@ from backbone.config import load_config
 from backbone.errors import InputError
 from backbone.io import load_weights
 from backbone.models import load_classifier
-from backbone.train import (ClassifierConfig, ModelEMA, TrainConfig, classification_loss, evaluate, learning_rate,
-                            make_optimizer, train_classifier)
+from backbone.train import (ClassifierConfig, TrainConfig, build_state, classification_loss, evaluate, make_schedule,
+                            train_classifier, train_one_epoch)
 from classification_data import make_image_folder
+from host_reads import count_host_reads
+
+CPU = torch.device("cpu")
 
 # Tiny and fast: width 1/8, 32 x 32 inputs, 3 classes of 8 training images.
 TINY = ["model.width=0.125", "model.input_size=32", "train.batch_size=8", "train.lr=0.01",
@@ -30,35 +33,24 @@ def read_log(run):
     return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
 
 
-def test_learning_rate_drops_4_percent_every_8_epochs():
-    cfg = TrainConfig(lr=0.01, lr_gamma=0.96, lr_step_epochs=8)
-    assert learning_rate(cfg, 0) == 0.01
-    assert learning_rate(cfg, 7.99) == 0.01
-    assert math.isclose(learning_rate(cfg, 8), 0.0096)
-    assert math.isclose(learning_rate(cfg, 16.5), 0.01 * 0.96 ** 2)
-    assert math.isclose(learning_rate(cfg, 80), 0.01 * 0.96 ** 10)
-    warm = TrainConfig(lr=0.1, lr_gamma=0.5, lr_step_epochs=1, warmup_epochs=2)
-    assert math.isclose(learning_rate(warm, 0.5), 0.1 * 0.25)  # ramp 0.5 / 2
-    assert math.isclose(learning_rate(warm, 1.5), 0.05 * 0.75)  # decayed once, still ramping
-    assert math.isclose(learning_rate(warm, 3), 0.1 * 0.125)
-
-
-def test_cosine_schedule_and_optimizer_choice():
-    cfg = TrainConfig(lr=0.002, epochs=8, lr_schedule="cosine", warmup_epochs=0.5)
-    assert math.isclose(learning_rate(cfg, 0.25), 0.002 * 0.5 * (1 + math.cos(math.pi * 0.25 / 8)) * 0.5)
-    assert math.isclose(learning_rate(cfg, 4), 0.001)  # half-way: half the rate
-    assert math.isclose(learning_rate(cfg, 8), 0.0, abs_tol=1e-15)
-    assert learning_rate(cfg, 6) < learning_rate(cfg, 5) < learning_rate(cfg, 2)
+def test_config_maps_to_the_engine_schedule_and_optimizer():
+    cfg = TrainConfig(lr=0.01, lr_gamma=0.96, lr_step_epochs=8, warmup_epochs=0.5)
+    s = make_schedule(cfg, steps_per_epoch=10)  # 5 warm-up steps, then -4% every 80 steps
+    assert [s.rate(i) for i in (0, 4, 79)] == pytest.approx([0.002, 0.01, 0.01])
+    assert s.rate(80) == pytest.approx(0.0096)
+    cosine = make_schedule(TrainConfig(lr=0.002, epochs=8, lr_schedule="cosine"), steps_per_epoch=4)
+    assert cosine.rate(16) == pytest.approx(0.001) and cosine.rate(32) == pytest.approx(0.0)
     net = nn.Sequential(nn.Linear(3, 2))
-    adamw = make_optimizer(net, TrainConfig(optimizer="adamw", lr=1e-3, momentum=0.8, weight_decay=0.05))
-    assert isinstance(adamw, torch.optim.AdamW)
-    assert adamw.param_groups[0]["betas"] == (0.8, 0.999)
-    assert [g["weight_decay"] for g in adamw.param_groups] == [0.05, 0.0]  # no decay on the bias
-    assert isinstance(make_optimizer(net, TrainConfig()), torch.optim.SGD)
+    state = build_state(net, TrainConfig(optimizer="adamw", lr=1e-3, momentum=0.8, weight_decay=0.05), CPU)
+    assert isinstance(state.optimizer, torch.optim.AdamW)
+    assert state.optimizer.param_groups[0]["betas"] == (0.8, 0.999)
+    assert [g["weight_decay"] for g in state.optimizer.param_groups] == [0.05, 0.0]  # no decay on the bias
+    assert state.ema is not None and not state.scaler.is_enabled()  # float16 scaling is for CUDA
+    assert isinstance(build_state(net, TrainConfig(), CPU).optimizer, torch.optim.SGD)
     with pytest.raises(InputError, match="train.optimizer"):
-        make_optimizer(net, TrainConfig(optimizer="adam"))
+        build_state(net, TrainConfig(optimizer="adam"), CPU)
     with pytest.raises(InputError, match="train.lr_schedule"):
-        make_optimizer(net, TrainConfig(lr_schedule="poly"))
+        build_state(net, TrainConfig(lr_schedule="poly"), CPU)
 
 
 def test_label_smoothing_by_hand_and_range_check():
@@ -76,29 +68,7 @@ def test_label_smoothing_by_hand_and_range_check():
     aux = classification_loss(out, labels, 0.3, eps)
     assert torch.isclose(aux, hand + 0.3 * (math.log(3) + hand))  # zero logits: ln 3 whatever the target
     with pytest.raises(InputError, match="label_smoothing"):
-        make_optimizer(nn.Linear(2, 2), TrainConfig(label_smoothing=1.0))
-
-
-def test_ema_arithmetic_by_hand():
-    model = nn.Linear(1, 1, bias=False)
-    nn.init.zeros_(model.weight)
-    ema = ModelEMA(model, decay=0.5)
-    with torch.no_grad():
-        model.weight.fill_(1.0)
-    ema.update(model)  # d = min(0.5, 2 / 11): avg = 2/11 * 0 + 9/11 * 1
-    assert math.isclose(ema.module.weight.item(), 9 / 11, rel_tol=1e-6)
-    with torch.no_grad():
-        model.weight.fill_(2.0)
-    ema.update(model)  # d = min(0.5, 3 / 12) = 0.25
-    expected = 0.25 * 9 / 11 + 0.75 * 2
-    assert math.isclose(ema.module.weight.item(), expected, rel_tol=1e-6)
-    ema.update(model)  # d = min(0.5, 4 / 13) = 4/13
-    expected = 4 / 13 * expected + 9 / 13 * 2
-    assert math.isclose(ema.module.weight.item(), expected, rel_tol=1e-6)
-    ema.updates = 100
-    ema.update(model)  # d = min(0.5, 102 / 111) = 0.5
-    assert math.isclose(ema.module.weight.item(), 0.5 * expected + 0.5 * 2, rel_tol=1e-6)
-    assert not ema.module.weight.requires_grad and model.weight.item() == 2.0
+        build_state(nn.Linear(2, 2), TrainConfig(label_smoothing=1.0), CPU)
 
 
 def test_evaluate_scores_several_models_in_one_pass():
@@ -189,6 +159,28 @@ def test_existing_run_needs_resume_and_non_finite_loss_stops(tmp_path):
     data = make_image_folder(tmp_path / "data8", per_class=8, val_per_class=1)  # 3 steps an epoch
     with pytest.raises(FloatingPointError, match="non-finite loss"):
         train_classifier(tiny_config("train.lr=1.0e+30"), data, tmp_path / "boom", device="cpu")
+    assert not (tmp_path / "boom" / "checkpoint.pt").exists()
+    # Epoch 2 blows up: the checkpoint and log of epoch 1 are kept as they were.
+    good = train_classifier(tiny_config("train.epochs=1"), data, tmp_path / "good", device="cpu")
+    before = load_checkpoint(good / "checkpoint.pt")
+    with pytest.raises(FloatingPointError, match="non-finite loss in epoch 2/2"):
+        train_classifier(tiny_config("train.epochs=2", "train.lr=1.0e+30"), data, good, resume=True, device="cpu")
+    after = load_checkpoint(good / "checkpoint.pt")
+    assert after["epoch"] == 1 and all(torch.equal(before["model"][k], after["model"][k]) for k in before["model"])
+    assert [r["epoch"] for r in read_log(good)] == [1]
+
+
+def test_training_steps_never_wait_for_the_device():
+    # Loss sums stay on the device: an epoch of 4 steps reads tensor values once, at its end.
+    from backbone.models import build_model
+    torch.manual_seed(0)
+    model = build_model("googlenet", 3, 0.125, aux_logits=True, dropout=0.0, aux_dropout=0.0)
+    cfg = TrainConfig(epochs=1, lr=0.01)
+    state = build_state(model, cfg, CPU)
+    batches = [(torch.randn(2, 3, 32, 32), torch.tensor([0, 2])) for _ in range(4)]
+    with count_host_reads() as reads:
+        loss = train_one_epoch(model, state, batches, make_schedule(cfg, 4), cfg, 0, CPU, show_progress=False)
+    assert len(reads) == 1 and math.isfinite(loss)
 
 
 def test_cli_trains_with_overrides_and_rejects_unknown_keys(tmp_path):
