@@ -13,14 +13,42 @@ exits with status 2. The subcommands live in small modules beside this one:
 """
 from __future__ import annotations
 
+import re
 import sys
 
 import click
 
 from backbone.errors import InputError
 
+# The last line of each command's --help: a command that runs as it stands on a checkout
+# (the built-in model, the committed examples/), or with the one folder it needs named.
+EXAMPLES = {
+    "detect": "detect run --images examples/JPEGImages --out runs/detect",
+    "summary": "detect summary --width 0.5",
+    "train-classifier": "detect train-classifier --data DATA --config configs/demo_classifier.yaml --out runs/cls",
+    "data": "detect data --data examples",
+    "proposals": "detect proposals --data examples --config configs/demo_proposals.yaml --out runs/proposals",
+    "train-multibox": "detect train-multibox --data DATASET --config configs/demo_multibox.yaml --out runs/multibox",
+    "train-detector": "detect train-detector --data DATASET --proposals runs/proposals --init runs/cls "
+                      "--config configs/demo_detector.yaml --out runs/det",
+    "run": "detect run --image examples/JPEGImages/test_01003.jpg --out runs/detect",
+    "merge-results": "detect merge-results runs/detect",
+    "eval": "detect eval --map --data examples --split test",
+}
+
+
+def package_version() -> str:
+    """The installed distribution's version (pyproject.toml), or "unknown" in a bare checkout."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("googlenet-detect")
+    except PackageNotFoundError:
+        return "unknown"
+
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(package_version(), "--version", prog_name="detect", message="%(prog)s %(version)s")
 def cli() -> None:
     """GoogLeNet (Szegedy et al. 2014) and its R-CNN style detector.
 
@@ -43,25 +71,40 @@ def cli() -> None:
 
 
 def _register() -> None:
-    from detect import cli_backbone, cli_data, cli_detector, cli_multibox, cli_proposals, cli_train
-    from detect.cli_eval import eval_command
+    from detect import cli_backbone, cli_data, cli_detector, cli_eval, cli_multibox, cli_proposals, cli_train
 
-    cli.add_command(cli_backbone.summary)
-    cli.add_command(cli_train.train_classifier)
-    cli.add_command(cli_data.data)
-    cli.add_command(cli_proposals.proposals)
-    cli.add_command(cli_multibox.train_multibox)
-    cli.add_command(cli_detector.train_detector)
-    cli.add_command(cli_detector.run)
-    cli.add_command(cli_detector.merge_results)
-    cli.add_command(eval_command)
+    for command in (cli_backbone.summary, cli_train.train_classifier, cli_data.data, cli_proposals.proposals,
+                    cli_multibox.train_multibox, cli_detector.train_detector, cli_detector.run,
+                    cli_detector.merge_results, cli_eval.eval_command):
+        cli.add_command(command)
+    for command in (cli, *cli.commands.values()):
+        command.epilog = f"\b\nExample:\n  {EXAMPLES[command.name if command is not cli else 'detect']}"
 
 
 _register()
 
 
+def usage_line(e: click.ClickException) -> str:
+    """One line for a command-line mistake: `error: FILE: problem` when a path option names a
+    missing file, else `error: --option: problem`, with where to read more."""
+    ctx = getattr(e, "ctx", None)
+    more = f" (see {ctx.command_path} --help)" if ctx is not None else ""
+    param = getattr(e, "param", None)
+    if type(e) is click.BadParameter and param is not None:
+        name = param.opts[0] if getattr(param, "opts", None) else param.human_readable_name
+        found = re.fullmatch(r"(?:File|Directory|Path) '(.*)' (.*?)\.?", e.message)
+        if found:
+            return f"error: {found[1]}: {found[2]} ({name}){more}"
+        return f"error: {name}: {e.message.rstrip('.')}{more}"
+    return f"error: {e.format_message().rstrip('.')}{more}"
+
+
+NO_ARGS_IS_HELP = getattr(click.exceptions, "NoArgsIsHelpError", ())
+
+
 def main(argv: list[str] | None = None) -> None:
-    """Console entry point: run the group, turning InputError into a one-line message."""
+    """Console entry point: run the group, turning InputError and usage mistakes into one
+    line on stderr (exit status 2)."""
     try:
         cli.main(args=argv, standalone_mode=False, prog_name="detect")
     except InputError as e:
@@ -70,8 +113,10 @@ def main(argv: list[str] | None = None) -> None:
     except click.exceptions.Abort:
         click.echo("aborted", err=True)
         sys.exit(130)
+    except NO_ARGS_IS_HELP as e:  # a bare `detect` (click >= 8.2 raises; older ones print and return)
+        click.echo(e.ctx.get_help())
     except click.ClickException as e:
-        e.show()
+        click.echo(usage_line(e), err=True)
         sys.exit(e.exit_code)
     except FloatingPointError as e:
         click.echo(f"error: {e}", err=True)
@@ -79,3 +124,7 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         click.echo("interrupted; finished work is kept", err=True)
         sys.exit(130)
+
+
+if __name__ == "__main__":  # python -m detect.cli (the allocator restart is detect.entry's)
+    main()

@@ -9,6 +9,7 @@ import pytest
 
 from detect.allocator import (ENV_CHOICE, ENV_TRIED, QUIET, AllocatorError, find_tcmalloc,
                               restart_command)
+from detect.entry import needs_allocator
 
 LIB = "/opt/lib/libtcmalloc_minimal.so.4"
 
@@ -68,6 +69,16 @@ def test_the_process_restarts_with_tcmalloc(choice, expected):
 
 
 def test_the_entry_point_reports_a_bad_choice():
-    done = _run("jemalloc", "from detect.entry import main; main()")
+    done = _run("jemalloc", "import sys; sys.argv = ['detect', 'summary']; from detect.entry import main; main()")
     assert done.returncode == 2
     assert "DETECT_ALLOCATOR must be one of" in done.stderr
+
+
+@pytest.mark.parametrize("args, restarts", [([], False), (["--help"], False), (["run", "-h"], False),
+                                            (["--version"], False), (["run", "--image", "a.jpg"], True)])
+def test_help_and_version_skip_the_restart(args, restarts):
+    assert needs_allocator(args) is restarts
+    if not restarts:  # a bad DETECT_ALLOCATOR is not even read
+        done = _run("jemalloc", f"import sys; sys.argv = ['detect', *{args!r}]; from detect.entry import main; main()")
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.startswith("Usage: detect" if args != ["--version"] else "detect 0."), done.stdout
