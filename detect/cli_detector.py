@@ -1,6 +1,8 @@
 """`detect train-detector` and `detect run`: the R-CNN detector from the command line."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 
 from backbone.errors import InputError
@@ -84,39 +86,31 @@ def run(images, image_dir, model, out, device, score_threshold, shard, proposal_
     \b
     OVERRIDES are key=value settings of the run's detector.yaml, e.g.
       inference.nms_iou=0.4 inference.batch_size=16 proposals.selective_search.mode=single
-    Resumable: a run killed part-way and started again with the same --out continues where it
-    stopped (finished images are kept in OUT/.per_image/; another model or config starts over).
+    One --image is detected straight through. Several (--images, a repeated --image, --shard)
+    run resumably: a run killed part-way and started again with the same --out continues where
+    it stopped (finished images are kept in OUT/.per_image/; another model or config starts over).
     Exit status: 0 if every image was processed; 1 if some were skipped (unreadable; they
     are listed at the end, the others' results are written); 2 if none could be read.
     """
-    from backbone.distributed import barrier, cleanup, init_distributed
     from detect.detector import Detector
-    from detect.run_images import detect_images, list_images, merge_shards, shard_folder
+    from detect.run_images import detect_image, list_images
     from detect.sharding import parse_shard, torchrun_shard
 
     paths = [*images, *(list_images(image_dir) if image_dir else [])]
     if not paths:
         raise InputError(None, "no images: give --image PATH (repeatable) or --images DIR")
-    under_torchrun = shard is None and torchrun_shard() is not None
     part = parse_shard(shard) if shard is not None else torchrun_shard()
-    if under_torchrun:
-        device = str(init_distributed(device).device)  # one GPU per rank
-    positions = list(range(len(paths)))[part[0]::part[1]] if part else None
-    settings = {} if score_threshold is None else {"score_threshold": score_threshold}
     if threads is not None:
         import torch
 
         torch.set_num_threads(threads)
-    detector = Detector.load(model, device, overrides, **settings)
-    folder = shard_folder(out, part) if part else out
-    summary = detect_images(detector, [paths[i] for i in positions] if part else paths, folder,
-                            progress=len(paths) > 1, echo=click.echo, positions=positions,
-                            proposal_workers=0 if len(paths) == 1 else proposal_workers)
-    if under_torchrun:
-        barrier()
-        if part[0] == 0:
-            merge_shards(out)
-        cleanup()
+    settings = {} if score_threshold is None else {"score_threshold": score_threshold}
+    if len(images) == 1 and image_dir is None and part is None:  # one picture: the straight path
+        detector = Detector.load(model, device, overrides, **settings)
+        summary, folder = detect_image(detector, images[0], out, echo=click.echo), out
+    else:
+        summary, folder = _run_batch(paths, model, out, device, settings, shard, part, proposal_workers,
+                                     overrides)
     done, skipped = len(summary["images"]), summary["skipped"]
     click.echo(f"{done} image(s) done, results in {folder}/detections.json"
                + (f"; {len(skipped)} skipped:" if skipped else ""))
@@ -130,12 +124,38 @@ def run(images, image_dir, model, out, device, score_threshold, shard, proposal_
         raise SystemExit(1)
 
 
+def _run_batch(paths: list, model, out, device, settings: dict, shard, part, proposal_workers,
+               overrides) -> tuple[dict, Path]:
+    """`detect run` over several images (or a shard of them): resumable, and under torchrun one
+    shard per rank, merged by rank 0. Returns (run.json content, the folder written)."""
+    from backbone.distributed import barrier, cleanup, init_distributed
+    from detect.detector import Detector
+    from detect.run_images import detect_images
+    from detect.sharding import merge_shards, shard_folder
+
+    under_torchrun = shard is None and part is not None
+    if under_torchrun:
+        device = str(init_distributed(device).device)  # one GPU per rank
+    positions = list(range(len(paths)))[part[0]::part[1]] if part else None
+    detector = Detector.load(model, device, overrides, **settings)
+    folder = shard_folder(out, part) if part else Path(out)
+    summary = detect_images(detector, [paths[i] for i in positions] if part else paths, folder,
+                            progress=len(paths) > 1, echo=click.echo, positions=positions,
+                            proposal_workers=0 if len(paths) == 1 else proposal_workers)
+    if under_torchrun:
+        barrier()
+        if part[0] == 0:
+            merge_shards(out)
+        cleanup()
+    return summary, folder
+
+
 @click.command("merge-results")
 @click.argument("out", type=click.Path(exists=True, file_okay=False))
 def merge_results(out) -> None:
     """Join the shards of `detect run --shard i/n --out OUT` (OUT/shard-i-of-n/) into
     OUT/detections.json and OUT/run.json, in the order of the whole image list."""
-    from detect.run_images import merge_shards
+    from detect.sharding import merge_shards
 
     summary = merge_shards(out)
     click.echo(f"merged {summary['shards']} shards: {len(summary['images'])} image(s), "

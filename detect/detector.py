@@ -215,7 +215,14 @@ class Detector:
         """
         pixels = load_image(image)
         boxes = self.propose(pixels) if boxes is None else _as_boxes(boxes)
-        scores = self.score_regions(pixels, boxes)
+        return self.select(boxes, self.score_regions(pixels, boxes))
+
+    def select(self, boxes: Tensor, scores: Tensor) -> dict[str, Tensor]:
+        """`select_detections` (per-class NMS) with this detector's inference settings.
+
+        boxes (Tensor[R, 4]), scores (Tensor[R, K+1]) -> {"boxes": [D, 4], "scores": [D],
+        "labels": [D] in 1..K}, best first.
+        """
         start = time.perf_counter()
         inf = self.config.inference
         dets = select_detections(boxes, scores, inf.nms_iou, inf.score_threshold, inf.max_detections)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Sequence
 
 import torch
 from torch import Tensor
@@ -30,23 +31,34 @@ def empty_detections() -> dict[str, Tensor]:
     return {"boxes": torch.zeros(0, 4), "scores": torch.zeros(0), "labels": torch.zeros(0, dtype=torch.int64)}
 
 
+def coco_entries(image_id: int, det: dict[str, Tensor], classes: Sequence[str], file_name: str,
+                 category_ids: Sequence[int] | None = None) -> list[dict]:
+    """COCO results entries of one image's detections, in their order.
+
+    det: {"boxes": Tensor[D, 4] xyxy, "scores": Tensor[D], "labels": Tensor[D] in 1..K};
+    category_ids[k-1] is label k's COCO id (default: k). ValueError for a label outside 1..K.
+    """
+    category_ids = list(category_ids) if category_ids is not None else list(range(1, len(classes) + 1))
+    labels = det["labels"].reshape(-1).tolist()
+    if any(not 1 <= lab <= len(classes) for lab in labels):
+        raise ValueError(f"image {image_id}: labels must be in 1..{len(classes)}")
+    # w = x2 - x1 in float64 is exact for float32 corners, so x + w reads back as x2.
+    xywh = det["boxes"].detach().float().cpu().reshape(-1, 4).double()
+    xywh[:, 2:] -= xywh[:, :2]
+    scores = det["scores"].detach().float().cpu().reshape(-1).tolist()
+    return [{"image_id": image_id, "category_id": category_ids[lab - 1], "bbox": box, "score": score,
+             "category_name": classes[lab - 1], "file_name": file_name}
+            for box, score, lab in zip(xywh.tolist(), scores, labels)]
+
+
 def detections_to_coco(detections: Detections, dataset: DetectionDataset) -> list[dict]:
-    """COCO results entries (image order of the data set, then the order given)."""
-    entries = []
+    """COCO results entries of a data set's detections (in the order of `detections`)."""
     names = {rec.image_id: rec.key for rec in dataset.images}
+    entries = []
     for image_id, det in detections.items():
         if image_id not in names:
             raise ValueError(f"detections for image id {image_id}, which is not in the data set")
-        labels = det["labels"].reshape(-1).tolist()
-        if any(not 1 <= lab <= len(dataset.classes) for lab in labels):
-            raise ValueError(f"image {image_id}: labels must be in 1..{len(dataset.classes)}")
-        # w = x2 - x1 in float64 is exact for float32 corners, so x + w reads back as x2.
-        xywh = det["boxes"].detach().float().cpu().reshape(-1, 4).double()
-        xywh[:, 2:] -= xywh[:, :2]
-        for box, score, lab in zip(xywh.tolist(), det["scores"].detach().float().cpu().tolist(), labels):
-            entries.append({"image_id": image_id, "category_id": dataset.category_ids[lab - 1],
-                            "bbox": box, "score": score, "category_name": dataset.classes[lab - 1],
-                            "file_name": names[image_id]})
+        entries += coco_entries(image_id, det, dataset.classes, names[image_id], dataset.category_ids)
     return entries
 
 

@@ -1,6 +1,11 @@
 """`detect run`'s library side: a detector over image files, with results, drawings, a summary.
 
-Shapes: D detections of one image; boxes Tensor[D, 4] xyxy pixels, labels 1..K.
+Shapes: N proposals, K foreground classes, D detections of one image; boxes Tensor[., 4] xyxy
+pixels, labels 1..K.
+
+`detect_image` is the whole detector on one image, step by step, as R-CNN's demo shows it.
+`detect_images` runs a list of files (a folder) as a batch job: resumable, shardable, with
+the next images' proposals computed while the network scores this one.
 """
 from __future__ import annotations
 
@@ -17,6 +22,7 @@ from backbone.errors import InputError
 from backbone.io import atomic_write_json, load_image, read_json
 from detect.allocator import loaded_allocator
 from detect.detector import Detector
+from detect.results import coco_entries
 from detect.visualize import save_detections_png
 
 PER_IMAGE = ".per_image"  # OUT/.per_image/<index>.json: finished images of an interrupted run
@@ -31,6 +37,28 @@ def list_images(folder: str | Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
 
 
+def detect_image(detector: Detector, path: str | Path, out_dir: str | Path,
+                 echo: Callable[[str], None] = print) -> dict:
+    """Detect in one image file; write OUT/detections.json (COCO results, image id 0),
+    OUT/<stem>.png (the detections drawn) and OUT/run.json. Returns the run.json content.
+
+    InputError if the image cannot be read. Nothing is kept for a rerun: one image is redone.
+    """
+    path, out = Path(path), Path(out_dir)
+    start, before = time.perf_counter(), dict(detector.timings)
+    pixels = load_image(path)                        # uint8 [H, W, 3] RGB, decoded once
+    boxes = detector.propose(pixels)                 # Tensor[N, 4]: selective search (+ MultiBox)
+    scores = detector.score_regions(pixels, boxes)   # Tensor[N, K+1]: the members' mean softmax
+    dets = detector.select(boxes, scores)            # per-class NMS: D detections
+    save_detections_png(out / f"{path.stem}.png", pixels, dets, detector.classes)
+    stages = {k: round(v - before[k], 3) for k, v in detector.timings.items()}
+    rec = _new_record(0, path, path.stem, pixels.shape, dets, stages)
+    echo(_summary_line(path, dets, detector.classes, time.perf_counter() - start, stages))
+    summary = _new_summary()
+    _write_results(out, [rec], detector.classes, summary)
+    return summary
+
+
 def detect_images(detector: Detector, paths: Sequence[str | Path], out_dir: str | Path,
                   progress: bool = True, echo: Callable[[str], None] = print,
                   positions: Sequence[int] | None = None, proposal_workers: int | None = None) -> dict:
@@ -38,8 +66,8 @@ def detect_images(detector: Detector, paths: Sequence[str | Path], out_dir: str 
     OUT/<name>.png (the detections drawn) and OUT/run.json (per-image summary, skipped files).
 
     An unreadable image is skipped and listed. `positions` are the images' places in the whole
-    list (default 0, 1, ...; a shard passes i, i+n, ...), kept as "index" so that `merge_shards`
-    restores the order. `proposal_workers` processes compute the next images' proposals while
+    list (default 0, 1, ...; a shard passes i, i+n, ...), kept as "index" so that
+    `detect.sharding.merge_shards` restores the order. `proposal_workers` processes compute the next images' proposals while
     the network scores this one (0 = inline; default cores - 1, at least 1; same results).
 
     Resumable: each image's result is written as soon as it is done (OUT/.per_image/<index>.json,
@@ -66,10 +94,7 @@ def detect_images(detector: Detector, paths: Sequence[str | Path], out_dir: str 
     workers = default_proposal_workers() if proposal_workers is None else proposal_workers
     stream = proposals_ahead(detector, todo, workers)
     done: list[dict] = []  # per-image records, in list order
-    summary: dict = {"images": [], "skipped": [],
-                     # what the timings ran on: the memory allocator (detect/allocator.py) and threads
-                     "environment": {"allocator": loaded_allocator(), "torch_threads": torch.get_num_threads(),
-                                     "torch": torch.__version__}}
+    summary = _new_summary()
     used: set[str] = set()
     try:
         for pos, path, rec in tqdm(list(zip(positions, paths, records)), desc="detect", unit="image",
@@ -137,6 +162,14 @@ def _read_record(store: Path, pos: int, path: Path) -> dict | None:
     return rec if rec.get("file") == str(path) and (store.parent / rec["png"]).is_file() else None
 
 
+def _new_summary() -> dict:
+    """run.json before any image: no images, nothing skipped, and what the timings ran on (the
+    memory allocator, detect/allocator.py, and the threads)."""
+    return {"images": [], "skipped": [],
+            "environment": {"allocator": loaded_allocator(), "torch_threads": torch.get_num_threads(),
+                            "torch": torch.__version__}}
+
+
 def _new_record(pos: int, path: Path, key: str, shape: tuple, dets: dict[str, Tensor],
                 stages: dict[str, float]) -> dict:
     """One image's result as JSON: float32 boxes and scores survive the round trip exactly."""
@@ -164,63 +197,15 @@ def _summary_line(path: Path, dets: dict[str, Tensor], classes: list[str], secon
 
 def _write_results(out: Path, done: list[dict], classes: list[str], summary: dict) -> None:
     """detections.json over the finished images (ids 0.. in order) and run.json."""
-    from detect.data import DetectionDataset, ImageRecord
-    from detect.results import write_detections
-
-    images, dets = [], {}
+    entries = []
     for image_id, rec in enumerate(done):
-        path = Path(rec["file"])
-        images.append(ImageRecord(image_id, rec["png"][:-len(".png")], path.resolve(), rec["width"],
-                                  rec["height"], torch.zeros(0, 4), torch.zeros(0, dtype=torch.int64),
-                                  torch.zeros(0, dtype=torch.bool)))
-        dets[image_id] = {"boxes": torch.tensor(rec["boxes"], dtype=torch.float32).reshape(-1, 4),
-                          "scores": torch.tensor(rec["scores"], dtype=torch.float32),
-                          "labels": torch.tensor(rec["labels"], dtype=torch.int64)}
+        dets = {"boxes": torch.tensor(rec["boxes"], dtype=torch.float32).reshape(-1, 4),
+                "scores": torch.tensor(rec["scores"], dtype=torch.float32),
+                "labels": torch.tensor(rec["labels"], dtype=torch.int64)}
+        entries += coco_entries(image_id, dets, classes, rec["png"][:-len(".png")])
         summary["images"].append({"image_id": image_id, "file": rec["file"], "png": rec["png"],
                                   "width": rec["width"], "height": rec["height"],
                                   "detections": len(rec["scores"]), "seconds": rec["seconds"],
                                   "index": rec["index"]})
-    dataset = DetectionDataset(classes, images, out, list(range(1, len(classes) + 1)))
-    write_detections(out / "detections.json", dets, dataset)
+    atomic_write_json(out / "detections.json", entries, indent=None)
     atomic_write_json(out / "run.json", summary)
-
-
-def shard_folder(out_dir: str | Path, shard: tuple[int, int]) -> Path:
-    """Where `detect run --shard i/n` writes: OUT/shard-i-of-n/."""
-    return Path(out_dir) / f"shard-{shard[0]}-of-{shard[1]}"
-
-
-def merge_shards(out_dir: str | Path) -> dict:
-    """Merge OUT/shard-i-of-n/ (every i of one n) into OUT/detections.json and OUT/run.json.
-
-    Images come back in their order in the whole list with image ids 0, 1, ... as one
-    unsharded run gives them; "png" names the shard's drawing. InputError if a shard is
-    missing or unfinished. Returns the merged run.json content.
-    """
-    out = Path(out_dir)
-    shards = sorted(p for p in out.glob("shard-*-of-*") if p.is_dir())
-    counts = {p.name.rsplit("-of-", 1)[1] for p in shards}
-    if len(counts) != 1 or not all(c.isdigit() for c in counts):
-        raise InputError(out, f"expected shard-I-of-N folders of one N, found {[p.name for p in shards]}")
-    n = int(counts.pop())
-    missing = [i for i in range(n) if not (shard_folder(out, (i, n)) / "run.json").is_file()]
-    if missing:
-        raise InputError(out, f"shards {missing} of {n} have no run.json (not run or not finished)")
-    rows, skipped = [], []
-    for i in range(n):
-        folder = shard_folder(out, (i, n))
-        run, entries = read_json(folder / "run.json"), read_json(folder / "detections.json")
-        by_id: dict[int, list] = {}
-        for e in entries:
-            by_id.setdefault(e["image_id"], []).append(e)
-        rows += [(img["index"], folder.name, img, by_id.get(img["image_id"], [])) for img in run["images"]]
-        skipped += run["skipped"]
-    rows.sort(key=lambda r: r[0])
-    images, detections = [], []
-    for image_id, (_, name, img, entries) in enumerate(rows):
-        images.append({**img, "image_id": image_id, "png": f"{name}/{img['png']}"})
-        detections += [{**e, "image_id": image_id} for e in entries]
-    summary = {"images": images, "skipped": sorted(skipped, key=lambda s: s["index"]), "shards": n}
-    atomic_write_json(out / "detections.json", detections, indent=None)
-    atomic_write_json(out / "run.json", summary)
-    return summary

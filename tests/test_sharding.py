@@ -17,8 +17,7 @@ from detect.cli import main
 from detect.config import DetectorConfig
 from detect.data import write_voc
 from detect.detector import save_detector_run
-from detect.run_images import merge_shards
-from detect.sharding import parse_shard, resolve_shard
+from detect.sharding import join_results, merge_shards, parse_shard, resolve_shard
 
 FAST = ["selective_search.mode=single", "selective_search.resize_width=0", "selective_search.min_size=4",
         "min_size=4", "selective_search.max_boxes=10"]
@@ -62,6 +61,23 @@ def test_parse_shard_and_torchrun_share(monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "4")
     monkeypatch.setenv("RANK", "2")
     assert resolve_shard(None) == (2, 4) and resolve_shard("0/2") == (0, 2)
+
+
+def test_join_results_orders_by_image_id_and_maps_ids(tmp_path):
+    def entry(image_id, score):
+        return {"image_id": image_id, "category_id": 1, "bbox": [0, 0, 1, 1], "score": score}
+
+    (tmp_path / "a.json").write_text(json.dumps([entry(0, 0.9), entry(2, 0.8), entry(0, 0.7)]))
+    (tmp_path / "b.json").write_text(json.dumps([entry(1, 0.6)]))
+    files = [tmp_path / "a.json", tmp_path / "b.json"]
+    # ids kept: sorted by image id, an image's entries in their order
+    assert [(e["image_id"], e["score"]) for e in join_results(files)] == [(0, 0.9), (0, 0.7), (1, 0.6), (2, 0.8)]
+    # shard a's ids 0, 2 are images 3, 4 of the whole list; shard b's id 1 is image 0
+    mapped = join_results(files, [{0: 3, 2: 4}, {1: 0}])
+    assert [(e["image_id"], e["score"]) for e in mapped] == [(0, 0.6), (3, 0.9), (3, 0.7), (4, 0.8)]
+    (tmp_path / "bad.json").write_text("{}")
+    with pytest.raises(InputError, match="JSON list"):
+        join_results([tmp_path / "bad.json"])
 
 
 def test_two_shards_of_detect_run_merge_into_one_run(images, tmp_path, capsys):

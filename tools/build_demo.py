@@ -251,11 +251,12 @@ class Build:
 def join_shards(shards: list[Path], out_dir: Path) -> dict[str, Path]:
     """Join the COCO results files that `write_member_detections` wrote in each shard folder
     into out_dir/NAME.detections.json (and out_dir/detections.json, the index); returns them."""
+    from detect.sharding import join_results
+
     names = json.loads((shards[0] / "detections.json").read_text())
     files = {}
     for name in names:
-        rows = [row for shard in shards
-                for row in json.loads((shard / f"{name}.detections.json").read_text())]
+        rows = join_results([shard / f"{name}.detections.json" for shard in shards])
         files[name] = out_dir / f"{name}.detections.json"
         files[name].write_text(json.dumps(rows) + "\n")
     (out_dir / "detections.json").write_text(json.dumps({k: str(v) for k, v in files.items()}, indent=2) + "\n")
