@@ -1,0 +1,81 @@
+"""The README and docs/ point only at things that exist: every relative markdown link, and every
+repository path written as code (`configs/x.yaml`, `tools/x.py`, `docs/x.md`, in inline code
+or in a fenced block), resolves to a file or folder of the repository."""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+TOP = ("backbone", "configs", "detect", "docs", "examples", "proposals", "tests", "tools")
+LINK = re.compile(r"!?\[[^\]]*\]\(([^)\s]+)(?:\s+\"[^\"]*\")?\)")
+FENCE = re.compile(r"^```.*?^```", re.S | re.M)
+SPAN = re.compile(r"`([^`\n]+)`")
+# A path starts a word (not after '/', '$', ':' or a letter: runs/x/configs/..., $W/..., and
+# git's REV:path name other places) at a top-level folder and ends in a file extension or '/'.
+PATH = re.compile(r"(?<![\w./$:-])((?:%s)/[\w./-]*?(?:\.(?:py|yaml|md|json|txt|jpg|png|toml|sh)\b|/))"
+                  % "|".join(TOP))
+
+
+def doc_files(root: Path = ROOT) -> list[Path]:
+    """README.md and every docs/*.md page."""
+    return [root / "README.md", *sorted((root / "docs").glob("*.md"))]
+
+
+def broken_links(text: str, page: Path, root: Path) -> list[str]:
+    """Relative link targets of a markdown `text` (at `page`) that do not exist under `root`."""
+    bad = []
+    for target in LINK.findall(text):
+        if re.match(r"[a-z]+:", target) or target.startswith("#"):
+            continue  # a web address, mail address or an anchor in the same page
+        path = (page.parent / target.split("#")[0]).resolve()
+        if root.resolve() not in (path, *path.parents) or not path.exists():
+            bad.append(target)
+    return bad
+
+
+def code_paths(text: str) -> list[str]:
+    """Repository paths written as code: in `inline code` or in ``` fenced blocks."""
+    code = [m.group(0) for m in FENCE.finditer(text)]
+    code += SPAN.findall(FENCE.sub("", text))
+    return [p for chunk in code for p in PATH.findall(chunk)]
+
+
+def missing_paths(text: str, root: Path) -> list[str]:
+    """Repository paths written as code in `text` that are not files or folders under `root`."""
+    return [p for p in code_paths(text) if not (root / p).exists()]
+
+
+def test_checker_finds_a_bad_link_and_a_bad_path(tmp_path):
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "configs").mkdir()
+    (tmp_path / "docs" / "a.md").write_text("x")
+    (tmp_path / "configs" / "good.yaml").write_text("x")
+    page = tmp_path / "docs" / "b.md"
+    text = ("[ok](a.md) [ok](a.md#part) [web](https://example.org) [anchor](#top) [bad](missing.md)\n"
+            "[up](../configs/good.yaml) [outside](../../etc/passwd) ![pic](images/none.png)\n"
+            "Run `detect train --config configs/good.yaml` then `configs/bad.yaml`; "
+            "`runs/x/configs/skipped.yaml`, `git show abc123:tools/gone.py` and `$W/tools/y.py` "
+            "name other places. Plain configs/prose.yaml is not code.\n"
+            "```\npython tools/missing.py --config configs/good.yaml\n```\n")
+    assert broken_links(text, page, tmp_path) == ["missing.md", "../../etc/passwd", "images/none.png"]
+    assert code_paths(text) == ["tools/missing.py", "configs/good.yaml", "configs/good.yaml",
+                                "configs/bad.yaml"]
+    assert missing_paths(text, tmp_path) == ["tools/missing.py", "configs/bad.yaml"]
+
+
+def test_checker_accepts_folders_and_test_ids(tmp_path):
+    (tmp_path / "detect" / "default_model").mkdir(parents=True)
+    (tmp_path / "tests").mkdir()
+    (tmp_path / "tests" / "test_a.py").write_text("x")
+    text = "`detect/default_model/` and `tests/test_a.py::test_one` but not `detect/nothing/`"
+    assert missing_paths(text, tmp_path) == ["detect/nothing/"]
+
+
+@pytest.mark.parametrize("page", doc_files(), ids=lambda p: p.name)
+def test_links_and_paths_in_the_docs_exist(page):
+    text = page.read_text(encoding="utf-8")
+    assert broken_links(text, page, ROOT) == [], f"{page.name}: links to nothing"
+    assert missing_paths(text, ROOT) == [], f"{page.name}: names files that do not exist"
