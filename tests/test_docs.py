@@ -15,8 +15,8 @@ FENCE = re.compile(r"^```.*?^```", re.S | re.M)
 SPAN = re.compile(r"`([^`\n]+)`")
 # A path starts a word (not after '/', '$', ':' or a letter: runs/x/configs/..., $W/..., and
 # git's REV:path name other places) at a top-level folder and ends in a file extension or '/'.
-PATH = re.compile(r"(?<![\w./$:-])((?:%s)/[\w./-]*?(?:\.(?:py|yaml|md|json|txt|jpg|png|toml|sh)\b|/))"
-                  % "|".join(TOP))
+PATH = re.compile(r"(?<![\w./$:-])(?:%s)/[\w./-]*" % "|".join(TOP))
+FILE_OR_FOLDER = re.compile(r"(\.(py|yaml|md|json|txt|jpg|png|toml|sh)|/)$")
 
 
 def doc_files(root: Path = ROOT) -> list[Path]:
@@ -40,7 +40,8 @@ def code_paths(text: str) -> list[str]:
     """Repository paths written as code: in `inline code` or in ``` fenced blocks."""
     code = [m.group(0) for m in FENCE.finditer(text)]
     code += SPAN.findall(FENCE.sub("", text))
-    return [p for chunk in code for p in PATH.findall(chunk)]
+    found = [p.rstrip(".,") for chunk in code for p in PATH.findall(chunk)]
+    return [p for p in found if FILE_OR_FOLDER.search(p)]
 
 
 def missing_paths(text: str, root: Path) -> list[str]:
@@ -70,8 +71,11 @@ def test_checker_accepts_folders_and_test_ids(tmp_path):
     (tmp_path / "detect" / "default_model").mkdir(parents=True)
     (tmp_path / "tests").mkdir()
     (tmp_path / "tests" / "test_a.py").write_text("x")
-    text = "`detect/default_model/` and `tests/test_a.py::test_one` but not `detect/nothing/`"
-    assert missing_paths(text, tmp_path) == ["detect/nothing/"]
+    (tmp_path / "tools" / "bench").mkdir(parents=True)
+    text = ("`detect/default_model/` and `tests/test_a.py::test_one` but not `detect/nothing/`; "
+            "`python tools/bench/gone.py` (its folder exists, the file does not); `detect/cli` "
+            "(a module name without an extension is not a path)")
+    assert missing_paths(text, tmp_path) == ["detect/nothing/", "tools/bench/gone.py"]
 
 
 @pytest.mark.parametrize("page", doc_files(), ids=lambda p: p.name)
