@@ -83,3 +83,10 @@ def test_links_and_paths_in_the_docs_exist(page):
     text = page.read_text(encoding="utf-8")
     assert broken_links(text, page, ROOT) == [], f"{page.name}: links to nothing"
     assert missing_paths(text, ROOT) == [], f"{page.name}: names files that do not exist"
+
+
+def test_the_readme_test_command_is_what_ci_runs():
+    ci = [line for line in (ROOT / ".ci" / "run").read_text().splitlines()
+          if line.strip() and not line.startswith(("#", "set ", "cd "))]
+    readme = [line.strip() for line in (ROOT / "README.md").read_text().splitlines()]
+    assert len(ci) == 1 and ci[0] in readme, "the README's test command differs from .ci/run"
