@@ -1,7 +1,8 @@
 """Detection data sets: Pascal VOC / ILSVRC DET XML and COCO instances JSON in one form.
 
-COCO reading and the COCO dict live in `detect/data_coco.py`; `load_dataset` and `write_coco`
-here are the entry points for every format.
+The records (`ImageRecord`, `DetectionDataset`) and the box checks live in `detect/records.py`,
+COCO reading and the COCO dict in `detect/data_coco.py`; `load_dataset` and `write_coco` here
+are the entry points for every format.
 
 Shapes: N boxes of one image, K foreground classes. Boxes are `Tensor[N, 4]` float32
 (x1, y1, x2, y2) in absolute pixels; labels are 1..K (0, background, is never stored).
@@ -20,7 +21,6 @@ collected instead, which is how `detect data` lists every problem at once.
 from __future__ import annotations
 
 import xml.etree.ElementTree as ET
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -30,39 +30,12 @@ from torch import Tensor
 
 from backbone.errors import InputError
 from backbone.io import atomic_write_bytes, atomic_write_json, oriented_size
+from detect.data_coco import coco_dict, find_coco_json, load_coco
+# The data set types are imported from here too: detect.data is where a user looks for them.
+from detect.records import DetectionDataset, ImageRecord, check_boxes, inside_name, raise_or_collect
 
-# A box this many pixels outside its image is clipped (and counted); further out is an error.
-CLIP_TOLERANCE = 1.0
 # Image file extensions tried, in this order, when an XML names its image without one.
 IMAGE_EXTENSIONS = (".jpg", ".JPEG", ".jpeg", ".JPG", ".png", ".PNG")
-
-
-@dataclass
-class ImageRecord:
-    """One annotated image."""
-    image_id: int          # COCO image id; for VOC/ILSVRC the index in the split (0..)
-    key: str               # unique string id: VOC/ILSVRC file id (e.g. "000005"), COCO file_name
-    path: Path             # absolute path of the image file
-    width: int
-    height: int
-    boxes: Tensor          # [N, 4] float32 xyxy absolute pixels
-    labels: Tensor         # [N] int64 in 1..K
-    difficult: Tensor      # [N] bool: VOC/ILSVRC difficult flag or COCO iscrowd
-    areas: Tensor | None = None  # [N] float32 COCO "area" (segment area) if the file had it
-
-
-@dataclass
-class DetectionDataset:
-    """Images with their boxes, plus the class list; the same for VOC, ILSVRC and COCO."""
-    classes: list[str]     # K class names; label k <-> classes[k-1]
-    images: list[ImageRecord]
-    root: Path
-    category_ids: list[int]  # COCO category id of label k at [k-1] (VOC: 1..K)
-    fixups: list[str] = field(default_factory=list)  # lenient fix-ups applied while reading
-
-    def index_of(self) -> dict[int, int]:
-        """Map image_id -> position in `images`."""
-        return {rec.image_id: i for i, rec in enumerate(self.images)}
 
 
 def load_dataset(spec: str | Path, split: str | None = None,
@@ -75,8 +48,6 @@ def load_dataset(spec: str | Path, split: str | None = None,
     name ends in `_<split>` or is `<split>`). `class_list` applies to VOC/ILSVRC only.
     With `errors` a list, bad files are skipped and their messages appended to it.
     """
-    from detect.data_coco import find_coco_json, load_coco  # data_coco builds on this module
-
     path = Path(spec)
     if not path.exists():
         raise InputError(path, "data set not found")
@@ -219,16 +190,6 @@ def _xml_number(path: Path, parent: ET.Element, tag: str, default: float | None 
     return value
 
 
-def inside_name(name: str, source: str | Path, what: str = "file name") -> str:
-    """`name` if it is a relative path that stays inside its folder, else InputError naming
-    `source`: an annotation file must not point at files outside the data set."""
-    posix = name.replace("\\", "/")
-    if posix.startswith("/") or (len(posix) > 1 and posix[1] == ":") or ".." in posix.split("/"):
-        raise InputError(source, f"{what} '{name}' points outside the data set's folder "
-                                 "(absolute paths and '..' are refused)")
-    return name
-
-
 def _voc_image_path(img_dir: Path, key: str, filename: str) -> Path:
     """The XML's <filename> beside the key's subfolder if it has an extension (VOC), else the
     key with the first extension that exists (ILSVRC names images without one)."""
@@ -268,36 +229,6 @@ def _image_size(image: Path, xml: Path) -> tuple[int, int]:
             return oriented_size(img)
     except (OSError, ValueError):
         raise InputError(xml, f"no <size> in the annotation and its image {image} cannot be read") from None
-
-
-def check_boxes(boxes: np.ndarray, width: int, height: int, path: str | Path,
-                fixups: list[str]) -> np.ndarray:
-    """Validate boxes `[N, 4]` xyxy against a `width` x `height` image; clip a box at most
-    CLIP_TOLERANCE px outside (recorded in `fixups`), raise InputError otherwise."""
-    for i, (x1, y1, x2, y2) in enumerate(boxes.tolist()):
-        if not np.isfinite([x1, y1, x2, y2]).all():
-            raise InputError(path, f"box {i} has a non-finite coordinate")
-        if x2 < x1 or y2 < y1:
-            raise InputError(path, f"box {i} [{x1:g}, {y1:g}, {x2:g}, {y2:g}] has x2 < x1 or y2 < y1")
-        outside = max(-x1, -y1, x2 - width, y2 - height)
-        if outside > CLIP_TOLERANCE:
-            raise InputError(path, f"box {i} [{x1:g}, {y1:g}, {x2:g}, {y2:g}] lies {outside:g} px "
-                                   f"outside the {width}x{height} image")
-        if outside > 0:
-            fixups.append(f"{path}: box {i} [{x1:g}, {y1:g}, {x2:g}, {y2:g}] clipped to the "
-                          f"{width}x{height} image ({outside:g} px outside)")
-    if len(boxes):
-        boxes = boxes.copy()
-        boxes[:, 0::2] = boxes[:, 0::2].clip(0, width)
-        boxes[:, 1::2] = boxes[:, 1::2].clip(0, height)
-    return boxes
-
-
-def raise_or_collect(error: InputError, errors: list[str] | None) -> None:
-    """Raise `error`, or append its message to `errors` when the caller collects them."""
-    if errors is None:
-        raise error
-    errors.append(str(error))
 
 
 # ----------------------------------------------------------------------------- writers
@@ -342,7 +273,5 @@ def write_voc(dataset_root: str | Path, key: str, image_size: tuple[int, int], b
 
 def write_coco(path: str | Path, dataset: DetectionDataset) -> None:
     """Write the data set as a COCO instances JSON file (atomically); see `coco_dict`."""
-    from detect.data_coco import coco_dict  # imported here: data_coco builds on this module
-
     path = Path(path)
     atomic_write_json(path, coco_dict(dataset, path.parent), indent=None)

@@ -14,7 +14,7 @@ import torch
 
 from backbone.errors import InputError
 from backbone.io import read_json
-from detect.data import DetectionDataset, ImageRecord, check_boxes, inside_name, raise_or_collect
+from detect.records import DetectionDataset, ImageRecord, check_boxes, inside_name, raise_or_collect
 
 
 def find_coco_json(folder: Path, split: str | None) -> Path:

@@ -21,7 +21,7 @@ from torch import Tensor
 
 from backbone.errors import InputError
 from backbone.io import atomic_write_json, read_json
-from detect.data import DetectionDataset
+from detect.records import DetectionDataset
 
 Detections = dict[int, dict[str, Tensor]]
 
