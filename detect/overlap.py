@@ -82,13 +82,13 @@ def proposals_ahead(detector: Any, paths: Sequence[str | Path], workers: int,
     if workers <= 0 or not paths:
         yield from (None for _ in paths)
         return
-    from proposals.cache import _one_opencv_thread  # the fork-safety guard of the proposal cache
+    from proposals.cache import one_opencv_thread  # the fork-safety guard of the proposal cache
 
     lookahead = max(1, lookahead or 2 * workers)
     ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
     _proposer["fn"] = detector.proposer  # inherited by forked workers; None: built from config
     try:
-        with _one_opencv_thread():  # only while forking: the parent's OpenCV keeps its threads
+        with one_opencv_thread():  # only while forking: the parent's OpenCV keeps its threads
             pool = ctx.Pool(min(workers, len(paths)), initializer=_init_worker,
                             initargs=(_worker_config(detector),))
         with pool:

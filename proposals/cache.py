@@ -12,8 +12,6 @@ file names, so any string (with slashes too) is a key.
 """
 from __future__ import annotations
 
-import contextlib
-import multiprocessing as mp
 import os
 import time
 from pathlib import Path
@@ -25,6 +23,7 @@ import torch
 from backbone.config import config_from_dict, config_to_dict, read_yaml, save_config
 from backbone.errors import InputError
 from backbone.io import atomic_write_json, load_image, load_weights, save_weights
+from backbone.pool import one_opencv_thread, process_map  # one_opencv_thread: detect.overlap's fork guard too
 from proposals.merge import ProposalConfig, build_proposer
 
 SUFFIX = ".safetensors"
@@ -122,36 +121,7 @@ def _compute_one(item: tuple[str, str]) -> tuple[str, str, int, str | None]:
 def _run(todo: list[tuple[str, str]], config: ProposalConfig, root: Path,
          workers: int) -> Iterator[tuple[str, str, int, str | None]]:
     """Results of `_compute_one` over `todo`, in this process (workers <= 1) or a pool."""
-    args = (config_to_dict(config), str(root))
-    if workers <= 1 or len(todo) <= 1:
-        _init_worker(*args)
-        yield from map(_compute_one, todo)
-        return
-    # fork where the OS has it (as torch's DataLoader does): workers start in milliseconds
-    # with everything imported (forkserver/spawn re-import torch and OpenCV: seconds), and a
-    # caller's script needs no `if __name__ == "__main__"` guard.
-    ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
-    with _one_opencv_thread(), ctx.Pool(min(workers, len(todo)), initializer=_init_worker,
-                                        initargs=args) as pool:
-        yield from pool.imap_unordered(_compute_one, todo, chunksize=1)
-
-
-@contextlib.contextmanager
-def _one_opencv_thread() -> Iterator[None]:
-    """Shrink OpenCV's thread pool to one thread while forking, then restore it.
-
-    A child forked while this process holds a multi-thread OpenCV pool (from any earlier
-    OpenCV call) inherits a pool whose threads do not exist and hangs in its first parallel
-    OpenCV call (measured: selective search in the parent, then a forked worker never ends).
-    """
-    import cv2
-
-    threads = cv2.getNumThreads()
-    cv2.setNumThreads(1)
-    try:
-        yield
-    finally:
-        cv2.setNumThreads(threads)
+    return process_map(_compute_one, todo, workers, _init_worker, (config_to_dict(config), str(root)))
 
 
 def compute_proposals(items: Sequence[tuple[str, str | Path]], config: ProposalConfig,
