@@ -67,8 +67,9 @@ def detect_images(detector: Detector, paths: Sequence[str | Path], out_dir: str 
 
     An unreadable image is skipped and listed. `positions` are the images' places in the whole
     list (default 0, 1, ...; a shard passes i, i+n, ...), kept as "index" so that
-    `detect.sharding.merge_shards` restores the order. `proposal_workers` processes compute the next images' proposals while
-    the network scores this one (0 = inline; default cores - 1, at least 1; same results).
+    `detect.sharding.merge_shards` restores the order. `proposal_workers` processes compute the
+    next images' proposals while the network scores this one (0 = inline; default cores - 1, at
+    least 1; same results).
 
     Resumable: each image's result is written as soon as it is done (OUT/.per_image/<index>.json,
     atomically, after its PNG), so a run killed at any moment and started again skips the
