@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
-import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
@@ -177,14 +176,6 @@ class ImageDataset(Dataset):
                 self._cached_bytes += image.nbytes
         rng = np.random.default_rng(sample_seed(self.seed, epoch, i))
         return self.transform(image, rng), label
-
-
-def class_counts(samples: Sequence[Sample], num_classes: int) -> Tensor:
-    """Images per class, `Tensor[num_classes]` (for a readable summary of a split)."""
-    counts = torch.zeros(num_classes, dtype=torch.long)
-    for _, k in samples:
-        counts[k] += 1
-    return counts
 
 
 def read_idx(path: str | Path) -> np.ndarray:

@@ -81,10 +81,6 @@ class TorchvisionGoogLeNet(nn.Module):
             if aux is not None:
                 aux.fc2 = nn.Linear(aux.fc2.in_features, num_classes)
 
-    def load_torchvision_state(self, state: dict) -> None:
-        """Load a torchvision `googlenet` state dict (keys without the `net.` prefix)."""
-        self.net.load_state_dict(state, strict=False)
-
 
 ARCHS = {"googlenet": GoogLeNet, "torchvision_googlenet": TorchvisionGoogLeNet}
 
