@@ -8,10 +8,15 @@ Protocols (REFERENCE section 6):
   group with the highest IoU among those with IoU >= min(0.5, w*h / ((w+10)(h+10))), w and h
   that box's size; widths, heights and areas use the inclusive +1 pixel convention (x2 - x1 + 1).
   Every box counts (ILSVRC annotations have no difficult flag). All-points AP.
-- voc07 / voc12: a detection takes the box of its group with the highest IoU (matched or not);
-  IoU >= 0.5 to a not yet matched box is a true positive, to a matched one a false positive
-  (a duplicate), to a difficult box neither. voc07: 11-point AP at recall k/10; voc12:
-  all-points AP. IoU in continuous coordinates (no +1).
+- voc07 / voc12: the official devkit's `VOCevaldet.m`. A detection takes the box of its group
+  with the highest IoU (matched or not; the first such box on a tie), IoU on inclusive pixel
+  sizes (+1 on widths, heights and the intersection, as ILSVRC); IoU >= the threshold (0.5
+  unless asked otherwise) to a not yet matched box is a true positive, to a matched one a false
+  positive (a duplicate), to a difficult box neither. voc07: 11-point AP at the devkit's recall
+  points (`VOC07_RECALLS`); voc12: area under the monotone precision envelope (`VOCap.m`).
+- voc07-continuous / voc12-continuous: the same with IoU in continuous coordinates (no +1, the
+  project's own box convention): what voc07 / voc12 computed before they followed the devkit,
+  kept for comparison with numbers measured that way.
 - coco: pycocotools' COCOeval (bbox), all 12 numbers; difficult boxes go in as iscrowd.
 
 Ties in score keep the data set's image order, then the order within an image. A class with no
@@ -29,7 +34,12 @@ import torch
 from detect.data import DetectionDataset
 from detect.results import Detections, detections_to_coco
 
-PROTOCOLS = ("ilsvrc", "voc07", "voc12", "coco")
+VOC_PROTOCOLS = ("voc07", "voc12", "voc07-continuous", "voc12-continuous")
+PROTOCOLS = ("ilsvrc", *VOC_PROTOCOLS, "coco")
+# VOCevaldet.m's `for t=0:0.1:1`. MATLAB builds a colon range from both ends (a + k*d up to
+# the middle, b - k*d after it), so its 0.3 is 3*0.1 = 0.30000000000000004: a recall of exactly
+# 3/10 does not reach that point. These are the devkit's 11 values bit for bit (np.arange's differ).
+VOC07_RECALLS = np.array([k * 0.1 for k in range(6)] + [1 - k * 0.1 for k in range(4, -1, -1)])
 COCO_STAT_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl",
                    "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
 
@@ -43,19 +53,26 @@ class _Boxes:
     flag: np.ndarray       # [n] ground truth: difficult (bool); detections: score (float64)
 
 
-def evaluate_map(dataset: DetectionDataset, detections: Detections, protocol: str) -> dict:
-    """Mean average precision of `detections` on `dataset` under `protocol`.
+def evaluate_map(dataset: DetectionDataset, detections: Detections, protocol: str,
+                 iou_threshold: float = 0.5) -> dict:
+    """Mean average precision of `detections` on `dataset` under `protocol`; `iou_threshold`
+    (0 < t <= 1) is the VOC protocols' match threshold (the others fix their own).
 
-    Returns {"protocol", "mAP", "per_class": {name: AP}, "num_gt": {name: n}, "num_det":
+    Returns {"protocol", "iou_threshold" (VOC protocols), "mAP", "per_class": {name: AP}, "num_gt": {name: n}, "num_det":
     {name: n}, "curves": {name: {"recall": ndarray, "precision": ndarray}}}; for coco also
     "stats": {the 12 COCOeval numbers by name}; its per-class AP and mAP are AP@[.5:.95] and
     its curves are at IoU 0.5 over the 101 recall points. Images missing from `detections`
     have no detections.
     """
-    if protocol == "coco":
-        return _evaluate_coco(dataset, detections)
     if protocol not in PROTOCOLS:
         raise ValueError(f"unknown protocol '{protocol}', expected one of {PROTOCOLS}")
+    if protocol in VOC_PROTOCOLS and not 0.0 < iou_threshold <= 1.0:
+        raise ValueError(f"IoU threshold must be in (0, 1], got {iou_threshold}")
+    if protocol not in VOC_PROTOCOLS and iou_threshold != 0.5:
+        raise ValueError(f"protocol '{protocol}' fixes its own IoU thresholds; only the VOC "
+                         f"protocols {VOC_PROTOCOLS} take another")
+    if protocol == "coco":
+        return _evaluate_coco(dataset, detections)
     gt, det = _flatten(dataset, detections)
     order = np.argsort(-det.flag, kind="stable")
     group, label = det.group[order], det.label[order]
@@ -66,9 +83,13 @@ def evaluate_map(dataset: DetectionDataset, detections: Detections, protocol: st
         tp[idx] = _match_ilsvrc(group[idx], det.boxes[order[idx]], gt)
         npos = np.bincount(gt.label, minlength=len(dataset.classes) + 1)
     else:
-        tp[idx], counted[idx] = _match_voc(group[idx], det.boxes[order[idx]], gt)
+        plus_one = not protocol.endswith("-continuous")
+        tp[idx], counted[idx] = _match_voc(group[idx], det.boxes[order[idx]], gt, plus_one, iou_threshold)
         npos = np.bincount(gt.label[~gt.flag], minlength=len(dataset.classes) + 1)
-    return _summarise(dataset, protocol, label[counted], tp[counted], npos)
+    report = _summarise(dataset, protocol, label[counted], tp[counted], npos)
+    if protocol in VOC_PROTOCOLS:
+        report["iou_threshold"] = float(iou_threshold)
+    return report
 
 
 def _has_ground_truth(group: np.ndarray, gt_group: np.ndarray) -> np.ndarray:
@@ -136,7 +157,8 @@ def _pairs(det_group: np.ndarray, gt: _Boxes) -> tuple[np.ndarray, np.ndarray, n
 
 
 def _pair_iou(a: np.ndarray, b: np.ndarray, plus_one: bool) -> np.ndarray:
-    """IoU of boxes a[i] and b[i] (both [P, 4]); `plus_one`: ILSVRC's inclusive pixel sizes.
+    """IoU of boxes a[i] and b[i] (both [P, 4]); `plus_one`: the devkits' inclusive pixel sizes
+    (ILSVRC and VOC). Pairs that do not overlap have IoU 0.
 
     Element-wise rather than torchvision's box_iou matrix: pairs exist only within a group.
     """
@@ -160,17 +182,18 @@ def _segment_argmax(values: np.ndarray, count: np.ndarray) -> tuple[np.ndarray, 
     return best, hits[first]
 
 
-def _match_voc(group: np.ndarray, boxes: np.ndarray, gt: _Boxes) -> tuple[np.ndarray, np.ndarray]:
+def _match_voc(group: np.ndarray, boxes: np.ndarray, gt: _Boxes, plus_one: bool,
+               threshold: float) -> tuple[np.ndarray, np.ndarray]:
     """VOC matching of score-sorted detections (group [H], boxes [H, 4]) that all have ground
     truth in their group: (true positive [H], counted [H]); a detection whose best box is
-    difficult is not counted at all."""
+    difficult is not counted at all. `plus_one`: inclusive pixel sizes in IoU (the devkit)."""
     tp, counted = np.zeros(len(group), bool), np.ones(len(group), bool)
     pair_det, pair_gt, count = _pairs(group, gt)
     if len(pair_det) == 0:
         return tp, counted
-    best, pos = _segment_argmax(_pair_iou(boxes[pair_det], gt.boxes[pair_gt], plus_one=False), count)
+    best, pos = _segment_argmax(_pair_iou(boxes[pair_det], gt.boxes[pair_gt], plus_one), count)
     best_gt = pair_gt[pos]
-    hit = best >= 0.5
+    hit = best >= threshold  # >=, as the devkit; threshold > 0, so boxes apart never match
     counted[hit & gt.flag[best_gt]] = False
     claim = np.flatnonzero(hit & ~gt.flag[best_gt])
     # The first (highest-scoring) detection to claim a box takes it; later ones are duplicates.
@@ -232,7 +255,8 @@ def _rank_in_group(group: np.ndarray) -> np.ndarray:
 
 def average_precision(tp: np.ndarray, npos: int, protocol: str) -> tuple[float, np.ndarray, np.ndarray]:
     """AP of one class from its score-sorted true-positive flags tp [n] and `npos` ground
-    truth boxes: voc07 11-point (recall k/10), else all points under the monotone envelope.
+    truth boxes: voc07 (and voc07-continuous) 11-point at `VOC07_RECALLS`, else all points
+    under the monotone envelope.
     Returns (AP, recall [n], precision [n]); AP is NaN when npos is 0."""
     ctp = np.cumsum(tp, dtype=np.float64)
     cfp = np.cumsum(~tp, dtype=np.float64)
@@ -240,8 +264,9 @@ def average_precision(tp: np.ndarray, npos: int, protocol: str) -> tuple[float, 
     recall = ctp / npos if npos > 0 else np.zeros_like(ctp)
     if npos == 0:
         return float("nan"), recall, precision
-    if protocol == "voc07":
-        points = [precision[recall >= k / 10].max(initial=0.0) for k in range(11)]
+    if protocol.startswith("voc07"):
+        # The devkit adds p/11 point by point; summing first differs only in the last bits.
+        points = [precision[recall >= t].max(initial=0.0) for t in VOC07_RECALLS]
         return float(np.sum(points) / 11.0), recall, precision
     mrec = np.concatenate([[0.0], recall, [1.0]])
     mpre = np.concatenate([[0.0], precision, [0.0]])

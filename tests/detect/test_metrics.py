@@ -1,4 +1,5 @@
-"""mAP: hand-computed cases per protocol, a plain loop cross-check, pycocotools cross-check."""
+"""mAP: hand-computed cases per protocol, plain-loop cross-checks (ILSVRC's rule and a line by
+line port of the VOC devkit's VOCevaldet.m), pycocotools cross-check."""
 from __future__ import annotations
 
 import contextlib
@@ -11,7 +12,7 @@ import pytest
 import torch
 
 from detect.data import DetectionDataset, ImageRecord, load_dataset, write_coco
-from detect.metrics import COCO_STAT_NAMES, average_precision, evaluate_map
+from detect.metrics import COCO_STAT_NAMES, VOC07_RECALLS, average_precision, evaluate_map
 from detect.results import read_detections, write_detections
 
 
@@ -39,12 +40,13 @@ def dets(rows: list[tuple]) -> dict:
 
 def test_small_box_ilsvrc_threshold():
     # GT [0,0,9,9] is 10x10 inclusive: threshold min(.5, 100/400) = .25. The detection [0,0,9,2]
-    # is 10x3 inclusive: IoU 30/100 = .3 -> correct under ILSVRC. In continuous coordinates
-    # (VOC) the IoU is 18/81 = .22 < .5 -> a false positive.
+    # is 10x3 inclusive: IoU 30/100 = .3 -> correct under ILSVRC, below VOC's fixed .5 (and
+    # 18/81 = .22 in continuous coordinates) -> a false positive.
     ds = make_dataset([[([0, 0, 9, 9], 1, False)]], classes=("a",))
     d = {0: dets([([0, 0, 9, 2], 0.9, 1)])}
     assert evaluate_map(ds, d, "ilsvrc")["per_class"]["a"] == 1.0
     assert evaluate_map(ds, d, "voc12")["per_class"]["a"] == 0.0
+    assert evaluate_map(ds, d, "voc12-continuous")["per_class"]["a"] == 0.0
     # A large box keeps the 0.5 threshold: 100x100 box, detection of IoU 0.49 fails.
     ds = make_dataset([[([0, 0, 99, 99], 1, False)]], classes=("a",))
     assert evaluate_map(ds, {0: dets([([0, 0, 99, 48], 0.9, 1)])}, "ilsvrc")["mAP"] == 0.0  # 4900/10000
@@ -52,9 +54,56 @@ def test_small_box_ilsvrc_threshold():
 
 def test_iou_exactly_half_counts():
     ds = make_dataset([[([0, 0, 10, 10], 1, False)]], classes=("a",))
-    d = {0: dets([([0, 0, 10, 5], 0.9, 1)])}  # IoU 50/100 exactly
-    assert evaluate_map(ds, d, "voc12")["mAP"] == 1.0
-    assert evaluate_map(ds, d, "voc07")["mAP"] == 1.0
+    d = {0: dets([([0, 0, 10, 5], 0.9, 1)])}  # continuous IoU 50/100 exactly
+    assert evaluate_map(ds, d, "voc12-continuous")["mAP"] == 1.0
+    assert evaluate_map(ds, d, "voc07-continuous")["mAP"] == 1.0
+
+
+def test_plus_one_turns_a_miss_into_a_match_at_exactly_half():
+    # GT [0,0,9,9], detection [0,0,9,4]: the devkit's inclusive sizes give 10x10 and 10x5, IoU
+    # 50/100 = .5 exactly -> a match (>=, not >). Continuous: 9x9 and 9x4, 36/81 = .44 -> a miss.
+    ds = make_dataset([[([0, 0, 9, 9], 1, False)]], classes=("a",))
+    d = {0: dets([([0, 0, 9, 4], 0.9, 1)])}
+    for protocol in ("voc07", "voc12"):
+        assert evaluate_map(ds, d, protocol)["mAP"] == 1.0
+        assert evaluate_map(ds, d, protocol + "-continuous")["mAP"] == 0.0
+    assert evaluate_map(ds, d, "voc12", iou_threshold=0.51)["mAP"] == 0.0
+    assert evaluate_map(ds, d, "voc12", iou_threshold=0.5)["iou_threshold"] == 0.5
+
+
+def test_plus_one_changes_which_box_is_best():
+    # Detection [0,0,10,10] against A = [0,0,6,13] and B = [0,0,5,10]. Continuous IoU: A 60/118
+    # = .508, B 50/100 = .5 -> A is best. Inclusive (+1): A 77/142 = .542, B 66/121 = .545 ->
+    # B is best. A is taken first by an exact detection, so the second detection is a duplicate
+    # of A in continuous coordinates (TP, FP: AP .5) and finds the free B the devkit's way (AP 1).
+    ds = make_dataset([[([0, 0, 6, 13], 1, False), ([0, 0, 5, 10], 1, False)]], classes=("a",))
+    d = {0: dets([([0, 0, 6, 13], .9, 1), ([0, 0, 10, 10], .8, 1)])}
+    assert evaluate_map(ds, d, "voc12")["mAP"] == pytest.approx(1.0, abs=1e-12)
+    assert evaluate_map(ds, d, "voc12-continuous")["mAP"] == pytest.approx(0.5, abs=1e-12)
+
+
+def test_other_iou_threshold():
+    # GT 100x100 (inclusive 101x101). Detections: [0,0,99,74] IoU 100*75/10201 = .735 and
+    # [0,0,99,60] IoU 100*61/10201 = .598 -> both match at .5 (two boxes), only the first at .7.
+    ds = make_dataset([[([0, 0, 100, 100], 1, False)], [([0, 0, 100, 100], 1, False)]], classes=("a",))
+    d = {0: dets([([0, 0, 99, 74], .9, 1)]), 1: dets([([0, 0, 99, 60], .8, 1)])}
+    assert evaluate_map(ds, d, "voc12")["mAP"] == pytest.approx(1.0, abs=1e-12)
+    assert evaluate_map(ds, d, "voc12", iou_threshold=0.7)["mAP"] == pytest.approx(0.5, abs=1e-12)
+    for bad in (0.0, -0.1, 1.5):
+        with pytest.raises(ValueError, match="IoU threshold"):
+            evaluate_map(ds, d, "voc12", iou_threshold=bad)
+    for protocol in ("ilsvrc", "coco"):
+        with pytest.raises(ValueError, match="fixes its own"):
+            evaluate_map(ds, d, protocol, iou_threshold=0.7)
+
+
+def test_voc07_recall_points_are_matlabs():
+    # The devkit's `t=0:0.1:1` has 3*0.1 = 0.30000000000000004 as its fourth point: a recall of
+    # exactly 3/10 misses it. Flags T T T F T with 10 boxes: recall .1 .2 .3 .3 .4, precision
+    # 1 1 1 .75 .8. Points 0, .1, .2 -> 1; .3 and .4 -> .8 (only recall .4 reaches them); rest 0.
+    assert VOC07_RECALLS[3] == 3 * 0.1 != 0.3 and VOC07_RECALLS[7] == 0.7
+    tp = np.array([True, True, True, False, True])
+    assert average_precision(tp, 10, "voc07")[0] == pytest.approx((3 + 0.8 + 0.8) / 11, abs=1e-12)
 
 
 def test_difficult_object_ignored_by_voc_counted_by_ilsvrc():
@@ -107,7 +156,7 @@ def test_average_precision_hand_values():
     ap, rec, prec = average_precision(tp, 4, "voc12")
     assert rec.tolist() == [.25, .25, .5, .5] and prec.tolist() == [1, .5, 2 / 3, .5]
     assert ap == pytest.approx(.25 * 1 + .25 * 2 / 3, abs=1e-12)
-    # 11 points: r = 0, .1, .2 -> 1; .3 .. .5 -> 2/3; .6 .. 1 -> 0.
+    # 11 points: r = 0, .1, .2 -> 1; .3 .. .5 -> 2/3 (recall .5 is past the devkit's .3); .6 .. 1 -> 0.
     assert average_precision(tp, 4, "voc07")[0] == pytest.approx((3 + 3 * 2 / 3) / 11, abs=1e-12)
     assert math.isnan(average_precision(tp, 0, "voc12")[0])
 
@@ -123,17 +172,16 @@ def loop_iou(a, b, one):
     return inter / union if union > 0 else 0.0
 
 
-def loop_map(ds: DetectionDataset, detections: dict, protocol: str) -> dict:
+def loop_map(ds: DetectionDataset, detections: dict, protocol: str, iou_threshold=0.5) -> dict:
     """The protocols as plain loops, one class, one detection, one box at a time."""
-    ilsvrc = protocol == "ilsvrc"
+    if protocol.startswith("voc"):
+        return {name: devkit_ap(ds, detections, k, protocol, iou_threshold)
+                for k, name in enumerate(ds.classes, 1)}
     out = {}
     for k, name in enumerate(ds.classes, 1):
-        gt, npos = {}, 0
-        for rec in ds.images:
-            rows = [(rec.boxes[i].tolist(), bool(rec.difficult[i])) for i in range(len(rec.labels))
-                    if int(rec.labels[i]) == k]
-            gt[rec.image_id] = rows
-            npos += sum(1 for _, diff in rows if ilsvrc or not diff)
+        gt = {rec.image_id: [rec.boxes[i].tolist() for i in range(len(rec.labels)) if int(rec.labels[i]) == k]
+              for rec in ds.images}
+        npos = sum(len(rows) for rows in gt.values())  # ILSVRC counts every box
         cand = []
         for rec in ds.images:
             d = detections.get(rec.image_id)
@@ -145,34 +193,22 @@ def loop_map(ds: DetectionDataset, detections: dict, protocol: str) -> dict:
         flags = []
         for _, iid, box in cand:
             best, jbest = -math.inf, -1
-            for j, (g, diff) in enumerate(gt[iid]):
-                if ilsvrc:
-                    if used[iid][j]:
-                        continue
-                    iou = loop_iou(box, g, 1.0)
-                    w, h = g[2] - g[0] + 1, g[3] - g[1] + 1
-                    if iou >= min(0.5, w * h / ((w + 10) * (h + 10))) and iou > best:
-                        best, jbest = iou, j
-                else:
-                    iou = loop_iou(box, g, 0.0)
-                    if iou > best:
-                        best, jbest = iou, j
-            if ilsvrc:
-                if jbest >= 0:
-                    used[iid][jbest] = True
-                flags.append(jbest >= 0)
-            elif best >= 0.5:
-                if gt[iid][jbest][1]:
+            for j, g in enumerate(gt[iid]):
+                if used[iid][j]:
                     continue
-                flags.append(not used[iid][jbest])
+                iou = loop_iou(box, g, 1.0)
+                w, h = g[2] - g[0] + 1, g[3] - g[1] + 1
+                if iou >= min(0.5, w * h / ((w + 10) * (h + 10))) and iou > best:
+                    best, jbest = iou, j
+            if jbest >= 0:
                 used[iid][jbest] = True
-            else:
-                flags.append(False)
-        out[name] = loop_ap(flags, npos, protocol)
+            flags.append(jbest >= 0)
+        out[name] = loop_ap(flags, npos)
     return out
 
 
-def loop_ap(flags, npos, protocol):
+def loop_ap(flags, npos):
+    """All-points AP under the monotone envelope."""
     if npos == 0:
         return math.nan
     prec, rec, tp, fp = [], [], 0, 0
@@ -180,15 +216,85 @@ def loop_ap(flags, npos, protocol):
         tp, fp = tp + f, fp + (not f)
         prec.append(tp / (tp + fp))
         rec.append(tp / npos)
-    if protocol == "voc07":
-        ap = 0.0
-        for t in range(11):
-            ap += max([p for p, r in zip(prec, rec) if r >= t / 10], default=0.0) / 11
-        return ap
     mrec, mpre = [0.0] + rec + [1.0], [0.0] + prec + [0.0]
     for i in range(len(mpre) - 2, -1, -1):
         mpre[i] = max(mpre[i], mpre[i + 1])
     return sum((mrec[i + 1] - mrec[i]) * mpre[i + 1] for i in range(len(mrec) - 1) if mrec[i + 1] != mrec[i])
+
+
+def matlab_colon(a, d, b):
+    """MATLAB's a:d:b for a whole number of steps: built from both ends (MathWorks' colonop)."""
+    n = round((b - a) / d)
+    out = [0.0] * (n + 1)
+    for k in range(n // 2 + 1):
+        out[k] = a + k * d
+        out[n - k] = b - k * d
+    if n % 2 == 0:
+        out[n // 2] = (a + b) / 2
+    return out
+
+
+def devkit_ap(ds: DetectionDataset, detections: dict, cls: int, protocol: str, minoverlap: float) -> float:
+    """VOCevaldet.m (and VOCap.m for VOC 2010+) for class `cls`, line by line; `-continuous`
+    protocols drop the devkit's +1. Detections are listed image by image as a results file
+    would hold them; MATLAB's sort is stable."""
+    one = 0.0 if protocol.endswith("-continuous") else 1.0
+    gt, npos = {}, 0
+    for rec in ds.images:
+        keep = [i for i in range(len(rec.labels)) if int(rec.labels[i]) == cls]
+        gt[rec.image_id] = {"BB": [rec.boxes[i].tolist() for i in keep],
+                            "diff": [bool(rec.difficult[i]) for i in keep], "det": [False] * len(keep)}
+        npos += sum(not f for f in gt[rec.image_id]["diff"])
+    ids, confidence, BB = [], [], []
+    for rec in ds.images:
+        d = detections.get(rec.image_id)
+        for i in range(0 if d is None else len(d["labels"])):
+            if int(d["labels"][i]) == cls:
+                ids.append(rec.image_id)
+                confidence.append(float(d["scores"][i]))
+                BB.append(d["boxes"][i].tolist())
+    si = sorted(range(len(confidence)), key=lambda i: -confidence[i])
+    nd = len(si)
+    tp, fp = [0] * nd, [0] * nd
+    for d in range(nd):
+        g, bb = gt[ids[si[d]]], BB[si[d]]
+        ovmax, jmax = -math.inf, -1
+        for j, bbgt in enumerate(g["BB"]):
+            bi = [max(bb[0], bbgt[0]), max(bb[1], bbgt[1]), min(bb[2], bbgt[2]), min(bb[3], bbgt[3])]
+            iw = bi[2] - bi[0] + one
+            ih = bi[3] - bi[1] + one
+            if iw > 0 and ih > 0:
+                ua = ((bb[2] - bb[0] + one) * (bb[3] - bb[1] + one)
+                      + (bbgt[2] - bbgt[0] + one) * (bbgt[3] - bbgt[1] + one) - iw * ih)
+                ov = iw * ih / ua
+                if ov > ovmax:
+                    ovmax, jmax = ov, j
+        if ovmax >= minoverlap:
+            if not g["diff"][jmax]:
+                if not g["det"][jmax]:
+                    tp[d] = 1
+                    g["det"][jmax] = True
+                else:
+                    fp[d] = 1
+        else:
+            fp[d] = 1
+    if npos == 0:
+        return math.nan
+    rec, prec, ctp, cfp = [], [], 0, 0
+    for d in range(nd):
+        ctp, cfp = ctp + tp[d], cfp + fp[d]
+        rec.append(ctp / npos)
+        prec.append(ctp / (cfp + ctp) if cfp + ctp else math.nan)  # 0/0: a don't-care first
+    if protocol.startswith("voc07"):
+        ap = 0.0
+        for t in matlab_colon(0, 0.1, 1):
+            p = [q for q, r in zip(prec, rec) if r >= t and not math.isnan(q)]
+            ap += (max(p) if p else 0.0) / 11
+        return ap
+    mrec, mpre = [0.0] + rec + [1.0], [0.0] + [0.0 if math.isnan(q) else q for q in prec] + [0.0]
+    for i in range(len(mpre) - 2, -1, -1):
+        mpre[i] = max(mpre[i], mpre[i + 1])
+    return sum((mrec[i] - mrec[i - 1]) * mpre[i] for i in range(1, len(mrec)) if mrec[i] != mrec[i - 1])
 
 
 def random_set(seed: int, n_images=100, n_classes=20, size=500):
@@ -218,7 +324,7 @@ def random_set(seed: int, n_images=100, n_classes=20, size=500):
     return make_dataset(images, classes=[f"c{k}" for k in range(1, n_classes + 1)]), all_dets
 
 
-@pytest.mark.parametrize("protocol", ["ilsvrc", "voc07", "voc12"])
+@pytest.mark.parametrize("protocol", ["ilsvrc", "voc07", "voc12", "voc07-continuous", "voc12-continuous"])
 @pytest.mark.parametrize("seed", [0, 1])
 def test_equals_plain_loop(protocol, seed):
     ds, d = random_set(seed)
@@ -228,6 +334,23 @@ def test_equals_plain_loop(protocol, seed):
     for name in ds.classes[:-1]:
         assert abs(got[name] - want[name]) <= 1e-9, (name, got[name], want[name])
     assert 0.05 < np.nanmean(list(got.values())) < 0.95  # a non-trivial set
+
+
+@pytest.mark.parametrize("protocol", ["voc07", "voc12"])
+@pytest.mark.parametrize("iou_threshold", [0.3, 0.7])
+def test_equals_devkit_at_other_thresholds(protocol, iou_threshold):
+    ds, d = random_set(2)
+    got = evaluate_map(ds, d, protocol, iou_threshold=iou_threshold)["per_class"]
+    want = loop_map(ds, d, protocol, iou_threshold)
+    for name in ds.classes[:-1]:
+        assert abs(got[name] - want[name]) <= 1e-9, (name, got[name], want[name])
+
+
+def test_devkit_rule_moves_the_random_set():
+    # The random set has many small boxes: dropping the +1 must change the numbers, or the
+    # equality tests above would not tell the two rules apart.
+    ds, d = random_set(0)
+    assert abs(evaluate_map(ds, d, "voc12")["mAP"] - evaluate_map(ds, d, "voc12-continuous")["mAP"]) > 0.005
 
 
 def test_many_detections_in_one_group_ilsvrc():
