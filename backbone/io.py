@@ -36,12 +36,30 @@ def max_pixels_limit() -> int:
         raise InputError("DETECT_MAX_PIXELS", f"must be a number of pixels, got {value!r}") from None
 
 
+def current_umask() -> int:
+    """This process's umask (Linux: read from /proc, leaving it untouched; elsewhere set and
+    restored at once)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path beside `path`; rename it onto `path` if the block succeeds."""
+    """Yield a temporary path beside `path`; rename it onto `path` if the block succeeds.
+
+    The file gets the mode `open()` would give it (0666 less the umask): mkstemp makes it 0600,
+    which would keep results from the other users of a shared folder."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.fchmod(fd, 0o666 & ~current_umask())
     os.close(fd)
     tmp_path = Path(tmp)
     try:
