@@ -31,6 +31,7 @@ import colorsys
 import functools
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 from PIL import Image
@@ -77,12 +78,13 @@ def load_fashion_mnist(root: str | Path, part: str) -> tuple[np.ndarray, np.ndar
     return images, labels
 
 
-def load_photos() -> list[np.ndarray]:
-    """The background photographs as [H, W, 3] uint8 RGB (grayscale ones repeated)."""
+def load_photos(names: Sequence[str] = PHOTOS) -> list[np.ndarray]:
+    """scikit-image's photographs `names` (default: the scenes' backgrounds) as [H, W, 3] uint8
+    RGB (grayscale ones repeated)."""
     import skimage.data
 
     photos = []
-    for name in PHOTOS:
+    for name in names:
         img = getattr(skimage.data, name)()
         if isinstance(img, tuple):  # stereo_motorcycle-style returns; keep the left view
             img = img[0]

@@ -1,6 +1,6 @@
-"""Benchmark the memory allocator: glibc's malloc against tcmalloc, in the same run (issue 7).
+"""Benchmark the memory allocator: glibc's malloc against tcmalloc, in the same run.
 
-    python tools/bench_allocator.py [--workloads score,train,score-demo,train-demo] [--repeats 2] [--threads 2]
+    python tools/bench/allocator.py [--workloads score,train,score-demo,train-demo] [--repeats 2] [--threads 2]
 
 Why `detect` restarts itself with tcmalloc (`detect.allocator`): each workload runs in a fresh
 child process, once with the system allocator and once with tcmalloc preloaded, alternating
@@ -26,12 +26,8 @@ import resource
 import subprocess
 import sys
 import time
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from detect.allocator import ENV_CHOICE, ENV_TRIED, find_tcmalloc, loaded_allocator, preload_env  # noqa: E402
+from detect.allocator import ENV_CHOICE, ENV_TRIED, find_tcmalloc, loaded_allocator, preload_env
 
 # name: (width, input size, batch, train?, bfloat16?, timed iterations)
 WORKLOADS = {

@@ -1,4 +1,4 @@
-"""One image end to end (issue 7, part 2): seconds per image, split into proposals, cropping,
+"""One image end to end: seconds per image, split into proposals, cropping,
 network and NMS, for one full-width GoogLeNet member at 224 and about 1,200 proposals.
 
 What runs is what `detect run --image` runs: `Detector.load(run).detect(image)` (proposals from
@@ -15,14 +15,13 @@ OpenCV and oneDNN set-up, first allocations) and keeps the fastest. The baseline
 is float32; the fast setting is `inference.precision` "auto" (bfloat16 + channels-last on CPUs
 with native bfloat16, after its agreement check with float32).
 
-    python tools/bench_one_image.py                     # astronaut, 1,200 regions, float32 and auto
-    python tools/bench_one_image.py --image photo.jpg --json bench.json
+    python tools/bench/one_image.py                     # astronaut, 1,200 regions, float32 and auto
+    python tools/bench/one_image.py --image photo.jpg --json bench.json
 """
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -30,13 +29,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from backbone.io import load_image  # noqa: E402
-from backbone.models import ModelMeta, build_model  # noqa: E402
-from detect.config import DetectorConfig  # noqa: E402
-from detect.detector import Detector, save_detector_run  # noqa: E402
-from proposals import build_proposer  # noqa: E402
+from backbone.io import load_image
+from backbone.models import ModelMeta, build_model
+from detect.config import DetectorConfig
+from detect.detector import Detector, save_detector_run
+from proposals import build_proposer
 
 RCNN_CPU_SECONDS = 53.0  # R-CNN (AlexNet, 2,000 regions) on a CPU, its paper's figure
 

@@ -6,7 +6,7 @@ default threads); the contender is `proposals.compute_proposals`, the function
 `detect proposals` calls, with one worker per core, writing a fresh cache. Its time includes
 starting the workers and writing the cache. Target: >= 1.8x on 2 cores.
 
-    PYTHONPATH=. python tools/bench_proposals.py [--images DIR] [--copies 2] [--workers N]
+    python tools/bench/proposal_workers.py [--images DIR] [--copies 2] [--workers N]
 
 Without --images it writes scikit-image's photographs (and mirrored copies) to a temporary
 folder. Run it on a quiet machine: other processes on the cores distort both numbers.
@@ -24,15 +24,18 @@ from PIL import Image
 
 from backbone.io import load_image
 from proposals import ProposalConfig, compute_proposals, selective_search
-from tools.measure_selective_search import photographs
+from detect.scenes import load_photos
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".ppm"}
+# scikit-image's photographs, as tools/bench/selective_search_scale.py measures them
+PHOTOGRAPHS = ("astronaut", "camera", "chelsea", "coffee", "coins", "hubble_deep_field",
+               "immunohistochemistry", "moon", "rocket", "retina")
 
 
 def write_photographs(folder: Path, copies: int) -> list[Path]:
     """scikit-image's photographs as JPEGs, each also mirrored (`copies` variants each)."""
     paths = []
-    for name, image in photographs().items():
+    for name, image in zip(PHOTOGRAPHS, load_photos(PHOTOGRAPHS)):
         for c in range(copies):
             path = folder / f"{name}_{c}.jpg"
             Image.fromarray(image[:, ::-1] if c % 2 else image).save(path, quality=92)

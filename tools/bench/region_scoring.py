@@ -1,6 +1,6 @@
-"""Benchmark `Detector.score_regions` against the bare network, in the same run (issue 7, part 1).
+"""Benchmark `Detector.score_regions` against the bare network, in the same run.
 
-    PYTHONPATH=. python tools/bench_region_scoring.py [--device cpu|cuda] [--regions 1000] [--batch-size 64]
+    python tools/bench/region_scoring.py [--device cpu|cuda] [--regions 1000] [--batch-size 64]
 
 One full-width GoogLeNet member (random init: speed does not depend on the weights) with
 K+1 = 201 outputs at 224, 1,000 random boxes of a 500x375 image. For float32 and for the fast

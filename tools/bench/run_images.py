@@ -1,7 +1,7 @@
 """Benchmark `detect run --images` with proposals computed ahead in worker processes against the
-sequential sum of its parts, in the same run (issue 7, part 3).
+sequential sum of its parts, in the same run.
 
-    PYTHONPATH=. python tools/bench_run_images.py [--images DIR] [--workers 1] [--width 0.25] [--crop 96]
+    python tools/bench/run_images.py [--images DIR] [--workers 1] [--width 0.25] [--crop 96]
 
 Images: every image of --images (default examples/JPEGImages, 20 scenes; else 20 generated
 500 x 375 scenes). One random-init GoogLeNet member (speed does not depend on the weights).
@@ -38,7 +38,7 @@ from detect.config import DetectorConfig
 from detect.detector import Detector
 from detect.run_images import detect_images, list_images
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]  # the repository (examples/)
 
 
 def generated_images(folder: Path, n: int) -> list[Path]:

@@ -4,7 +4,7 @@ Runs on scikit-image's bundled photographs (no download), resized to width 500 a
 one thread, and prints a markdown table (the one in docs/proposals.md). The GoogLeNet paper
 says doubling the superpixel size halves the boxes; the column "2x / 1x" checks it.
 
-    PYTHONPATH=. python tools/measure_selective_search.py [--backend opencv:fast ...] [--json out.json]
+    python tools/bench/selective_search_scale.py [--backend opencv:fast ...] [--json out.json]
 """
 from __future__ import annotations
 
@@ -16,24 +16,12 @@ import cv2
 import numpy as np
 import torch
 
+from detect.scenes import load_photos
 from proposals.selective_search import selective_search
 
 PHOTOGRAPHS = ("astronaut", "camera", "chelsea", "coffee", "coins", "hubble_deep_field",
                "immunohistochemistry", "moon", "rocket", "retina")
 DEFAULT_SETTINGS = ("opencv:single", "opencv:fast", "opencv:quality", "selectivesearch:single")
-
-
-def photographs(names: tuple[str, ...] = PHOTOGRAPHS) -> dict[str, np.ndarray]:
-    """scikit-image's photographs as RGB uint8 [H, W, 3] (grayscale ones replicated)."""
-    import skimage.data
-
-    out = {}
-    for name in names:
-        image = getattr(skimage.data, name)()
-        if image.ndim == 2:
-            image = np.repeat(image[:, :, None], 3, axis=2)
-        out[name] = np.ascontiguousarray(image[:, :, :3])
-    return out
 
 
 def measure(images: dict[str, np.ndarray], backend: str, mode: str, scale: float,
@@ -59,7 +47,7 @@ def main() -> None:
     args = parser.parse_args()
     cv2.setNumThreads(1)
     torch.set_num_threads(1)
-    images = photographs()
+    images = dict(zip(PHOTOGRAPHS, load_photos(PHOTOGRAPHS)))
     rows = []
     print(f"{len(images)} photographs ({', '.join(images)}), width {args.resize_width}, one thread\n")
     print("| backend | mode | boxes/img 1x | boxes/img 2x | 2x / 1x (mean of per-image) | s/img 1x | s/img 2x |")
