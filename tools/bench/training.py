@@ -1,7 +1,7 @@
 """Benchmark the training data paths against the same training step on pre-made tensors, in the
-same run (issue 7, part 4).
+same run.
 
-    PYTHONPATH=. python tools/bench_training.py [--device cpu] [--steps 8] [--workers 1]
+    python tools/bench/training.py [--device cpu] [--steps 8] [--workers 1]
 
 - train-classifier: `backbone.train.train_one_epoch` over the real DataLoader (JPEG decoding,
   random-resized crop, photometric distortion, mirror, in --workers processes) against the same
