@@ -47,7 +47,7 @@ def data(data, split, class_list, no_image_check, to_coco) -> None:
 
 def eval_map(data: str, split: str | None, detections: str | None, models: list[str],
              protocol: str, json_path: str | None, plots: str | None, device: str = "auto",
-             batch_size: int = 64, errors: bool = False) -> dict:
+             batch_size: int = 64, errors: bool = False, iou_threshold: float = 0.5) -> dict:
     """`detect eval --map`: evaluate a detections file (or a detector run) on a data set,
     print the per-class AP table and the mean, optionally write JSON and PR-curve PNGs.
     `errors`: also print and report where the mAP goes (`detect.error_analysis`).
@@ -66,7 +66,7 @@ def eval_map(data: str, split: str | None, detections: str | None, models: list[
         from detect.detector import Detector, detect_dataset
         det = Detector.load(models[0] if models else None, device=device)
         dets = detect_dataset(det, dataset, batch_size=batch_size)
-    report = evaluate_map(dataset, dets, protocol)
+    report = evaluate_map(dataset, dets, protocol, iou_threshold=iou_threshold)
     click.echo(format_report(report))
     if errors:
         from detect.error_analysis import error_report, format_errors
@@ -90,7 +90,8 @@ def format_report(report: dict) -> str:
         ap_text = "   n/a" if math.isnan(ap) else f"{ap:6.4f}"
         lines.append(f"{name:<{width}}  {report['num_gt'][name]:>6}  {report['num_det'][name]:>7}  {ap_text}")
     counted = sum(1 for ap in report["per_class"].values() if not math.isnan(ap))
-    lines.append(f"mAP ({report['protocol']}, mean over {counted} classes with ground truth): "
+    at = f" at IoU {report['iou_threshold']:g}" if "iou_threshold" in report else ""
+    lines.append(f"mAP ({report['protocol']}{at}, mean over {counted} classes with ground truth): "
                  f"{report['mAP']:.4f}")
     for name, value in report.get("stats", {}).items():
         lines.append(f"  {name:<5} {value:.4f}")

@@ -26,8 +26,12 @@ from backbone.errors import InputError
 @click.option("--table", is_flag=True, help="--accuracy: print the paper's Table 3 layout (models x crops).")
 @click.option("--detections", type=click.Path(exists=True), default=None,
               help="--map: COCO results JSON as written by `detect run`.")
-@click.option("--protocol", type=click.Choice(["ilsvrc", "voc07", "voc12", "coco"]), default="voc12",
-              show_default=True, help="--map: evaluation protocol.")
+@click.option("--protocol", default="voc12", show_default=True,
+              type=click.Choice(["ilsvrc", "voc07", "voc12", "voc07-continuous", "voc12-continuous", "coco"]),
+              help="--map: evaluation protocol. voc07/voc12: the VOC devkit's rules (+1 pixel sizes in IoU); "
+                   "voc07-continuous/voc12-continuous: the same with IoU in continuous coordinates.")
+@click.option("--iou", "iou_threshold", type=click.FloatRange(0.0, 1.0, min_open=True), default=None,
+              help="--map, VOC protocols only: the IoU a match needs (>=).  [default: 0.5]")
 @click.option("--proposals", "proposals_path", type=click.Path(exists=True), default=None,
               help="--recall: a proposal cache written by `detect proposals`.")
 @click.option("--json", "json_path", type=click.Path(), default=None, help="Also write the numbers as JSON here.")
@@ -38,7 +42,7 @@ from backbone.errors import InputError
 @click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:1 or auto.")
 @click.option("--batch-size", default=64, show_default=True, help="Images (crops) per forward pass.")
 @click.option("--workers", default=2, show_default=True, help="Data loading worker processes.")
-def eval_command(mode, data, split, models, crops, table, detections, protocol, proposals_path,
+def eval_command(mode, data, split, models, crops, table, detections, protocol, iou_threshold, proposals_path,
                  json_path, plots, errors, device, batch_size, workers) -> None:
     """Measure a classifier (--accuracy), a detector (--map, --box-accuracy) or proposals (--recall)."""
     if mode == "accuracy":
@@ -51,9 +55,12 @@ def eval_command(mode, data, split, models, crops, table, detections, protocol, 
         from detect.cli_data import eval_map
         if detections is None and not models:
             raise InputError(None, "--map needs --detections FILE or --model RUN")
+        if iou_threshold is not None and not protocol.startswith("voc"):
+            raise click.UsageError(f"--iou applies to the VOC protocols only, not to {protocol}")
         eval_map(data=data, split=split, detections=detections, models=list(models),
                  protocol=protocol, json_path=json_path, plots=plots, device=device,
-                 batch_size=batch_size, errors=errors)
+                 batch_size=batch_size, errors=errors,
+                 iou_threshold=0.5 if iou_threshold is None else iou_threshold)
     elif mode == "recall":
         from detect.cli_proposals import eval_recall
         if proposals_path is None:

@@ -427,6 +427,27 @@ def test_coco_equals_pycocotools_on_written_files(tmp_path, seed):
     assert len(r["curves"]["c1"]["recall"]) == 101
 
 
+def test_eval_cli_iou_option(capsys, tmp_path):
+    """`detect eval --map --iou`: a box of inclusive IoU 51*31 / (51*41) = .756 matches at .7,
+    not at .8; out-of-range values and non-VOC protocols are refused with exit status 2."""
+    from cli_helpers import run
+    from detect.data import write_voc
+    from detect.results import write_detections
+
+    root = tmp_path / "voc"
+    write_voc(root, "im0", (100, 80), torch.tensor([[10., 10, 60, 50]]), torch.tensor([1]), ["a"])
+    ds = load_dataset(root)
+    write_detections(tmp_path / "d.json", {0: dets([([10, 10, 60, 40], 0.9, 1)])}, ds)
+    args = ("eval", "--map", "--data", str(root), "--detections", str(tmp_path / "d.json"))
+    code, out, _ = run(capsys, *args, "--iou", "0.7")
+    assert code == 0 and "mAP (voc12 at IoU 0.7, mean over 1 classes with ground truth): 1.0000" in out
+    code, out, _ = run(capsys, *args, "--iou", "0.8", "--protocol", "voc07")
+    assert code == 0 and "mAP (voc07 at IoU 0.8, mean over 1 classes with ground truth): 0.0000" in out
+    for bad in (("--iou", "0"), ("--iou", "1.2"), ("--iou", "0.7", "--protocol", "coco")):
+        code, _, err = run(capsys, *args, *bad)
+        assert code == 2 and "--iou" in err and "Traceback" not in err
+
+
 def test_unknown_protocol():
     with pytest.raises(ValueError, match="protocol"):
         evaluate_map(make_dataset([[]]), {}, "voc2099")
