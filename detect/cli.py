@@ -10,6 +10,8 @@ exits with status 2. The subcommands live in small modules beside this one:
 - `cli_proposals`: proposals, eval --recall          (selective search, merge, cache, recall)
 - `cli_multibox`:  train-multibox                    (the MultiBox network)
 - `cli_detector`:  train-detector, run, merge-results (the R-CNN detector; joining shards)
+- `cli_crops`:     crops                             (classifier crops of a detection data set)
+- `cli_weights`:   convert-weights                   (torchvision's ImageNet weights as a run)
 """
 from __future__ import annotations
 
@@ -34,6 +36,8 @@ EXAMPLES = {
     "run": "detect run --image examples/JPEGImages/test_01003.jpg --out runs/detect",
     "merge-results": "detect merge-results runs/detect",
     "eval": "detect eval --map --data examples --split test",
+    "crops": "detect crops --data examples --split test --out runs/crops --size 64",
+    "convert-weights": "detect convert-weights --torchvision googlenet-1378be20.pth --out runs/tv_googlenet",
 }
 
 
@@ -71,11 +75,13 @@ def cli() -> None:
 
 
 def _register() -> None:
-    from detect import cli_backbone, cli_data, cli_detector, cli_eval, cli_multibox, cli_proposals, cli_train
+    from detect import (cli_backbone, cli_crops, cli_data, cli_detector, cli_eval, cli_multibox, cli_proposals,
+                        cli_train, cli_weights)
 
     for command in (cli_backbone.summary, cli_train.train_classifier, cli_data.data, cli_proposals.proposals,
                     cli_multibox.train_multibox, cli_detector.train_detector, cli_detector.run,
-                    cli_detector.merge_results, cli_eval.eval_command):
+                    cli_detector.merge_results, cli_eval.eval_command, cli_crops.crops,
+                    cli_weights.convert_weights):
         cli.add_command(command)
     for command in (cli, *cli.commands.values()):
         command.epilog = f"\b\nExample:\n  {EXAMPLES[command.name if command is not cli else 'detect']}"
