@@ -1,0 +1,242 @@
+"""The shared-computation mode (SPP-net, Fast R-CNN): one trunk pass an image, features pooled per region.
+
+Shapes: R regions, K foreground classes (column 0 is background), C channels of inception 4e,
+h x w its map, S the member's input size (its crop side), n x n the 4e grid at S (14 at 224).
+
+R-CNN runs the whole network on every warped region. Here each member runs GoogLeNet from the
+stem through inception 4e once on the whole image (stride 16), each region's 4e features are
+pooled from that map with `torchvision.ops.roi_align` to the n x n grid the member's own 4e
+has at its input size, and the rest of the network -- pool4 (3x3/2), 5a, 5b, the average pool
+and the head -- runs on all regions of the image, `batch_size` at a time, with the very weights
+the classifier learned. The members' softmax outputs are averaged as in the R-CNN mode.
+
+Image scale. Fast R-CNN scales the image once so that its shorter side is 600 px (the longer
+side at most 1,000): VOC's ~500 x 375 images grow 1.6x so that objects come near the 224 px its
+VGG16 was trained on; SPP-net used one scale of 688 px (or five, 480-1200). `short_side` is that
+setting here (0 keeps the image as it is).
+
+Where each region samples the map. Inception 4e's cell j is centred on pixel 16 j + 14.5 of its
+input (continuous coordinates; the stem's conv 7x7/2 pad 3 and three 3x3/2 max pools without
+padding shift it). `region_rois` places each region's n x n roi_align samples exactly where the
+member's own 4e cells would sit over the R-CNN warp of that region (context padding included):
+at the member's input scale a region then gets the member's own features, so a box covering a
+whole S x S image (S a multiple of 16) reproduces the classifier's forward pass within float
+rounding (tests/detect/test_shared_mode.py). roi_align uses aligned=True; `sampling_ratio` 1 is
+one bilinear sample per cell (as the R-CNN warp samples pixels), 0 (adaptive) averages
+ceil(region / S) samples per cell and axis for regions larger than the input (an area resize of
+the features); both are exact at the member's scale, where one sample falls on each cell.
+
+Mirroring (inference.mirror): each member also runs the trunk on the mirrored image and scores
+the mirrored boxes there -- the same function as the R-CNN mode's mirrored crop, since a
+region's mirrored warp is the warp of the mirrored box in the mirrored image.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+from typing import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torchvision.ops import roi_align
+
+from backbone.googlenet import GoogLeNet
+from detect.regions import dilate_boxes, scaled_context_pad
+
+STRIDE = 16  # input pixels per cell of inception 4e
+FIRST_CENTRE = 14.5  # centre of 4e's cell 0 in input pixels (continuous; pixel i covers [i, i + 1))
+TRUNK_4E = ("inception3a", "inception3b", "pool3", "inception4a", "inception4b", "inception4c",
+            "inception4d", "inception4e")  # after the stem, in forward order
+
+
+def check_member(model: nn.Module) -> GoogLeNet:
+    """The member as backbone's GoogLeNet; ValueError for another architecture."""
+    if not isinstance(model, GoogLeNet):
+        raise ValueError(f"the shared mode runs the paper's GoogLeNet (backbone.googlenet), not {type(model).__name__}")
+    return model
+
+
+def grid_size(input_size: int) -> int:
+    """Side n of inception 4e's map for an S x S input (ceil-mode pools): 224 -> 14, 48 -> 3."""
+    side = (input_size - 1) // 2 + 1  # conv 7x7/2, pad 3
+    for _ in range(3):  # the stem's two max pools and pool3, 3x3/2, rounding up
+        side = math.ceil((side - 3) / 2) + 1
+    return side
+
+
+def image_scale(height: int, width: int, short_side: int, max_side: int = 0) -> float:
+    """Fast R-CNN's scale: the shorter side to `short_side`, the longer at most `max_side`
+    (0: no cap); short_side 0 = 1.0 (the image as it is)."""
+    if short_side <= 0:
+        return 1.0
+    scale = short_side / min(height, width)
+    if max_side > 0 and scale * max(height, width) > max_side:
+        scale = max_side / max(height, width)
+    return scale
+
+
+def trunk_features(model: nn.Module, images: Tensor, scale: float = 1.0) -> tuple[Tensor, tuple[float, float]]:
+    """Inception 4e's map of normalised images scaled by `scale`.
+
+    images (Tensor[B, 3, H, W]) -> (Tensor[B, C, h, w], (sy, sx)): the map and the scale per
+    axis actually used (the resized size is rounded to whole pixels). scale 1 is no resize.
+    """
+    net = check_member(model)
+    height, width = images.shape[-2:]
+    size = (max(1, round(height * scale)), max(1, round(width * scale)))
+    if size != (height, width):
+        images = F.interpolate(images, size=size, mode="bilinear", align_corners=False,
+                               antialias=scale < 1.0)
+    x = net.stem(images)
+    for name in TRUNK_4E:
+        x = getattr(net, name)(x)
+    return x, (size[0] / height, size[1] / width)
+
+
+def region_rois(boxes: Tensor, scales: tuple[float, float], input_size: int, context_pad: int) -> Tensor:
+    """roi_align boxes (scaled-image pixels) whose n x n bin centres fall where the member's own
+    4e cells sit over the R-CNN warp of each region.
+
+    boxes (Tensor[R, 4]) xyxy in original image pixels; scales (sy, sx) of the trunk's image;
+    context_pad: context pixels at a 224 crop (as detect.regions). Returns Tensor[R, 4].
+    The warp maps crop pixel p to x1 + p * w / S; the member's cell i is at crop pixel
+    16 i + 14.5; roi_align (aligned=True, scale 1/16) samples bin i at
+    a / 16 - 0.5 + (i + 0.5) * b / (16 n) for a roi [a, a + b]; equal for every i when
+    b = 16 n s w / S and a = s x1 - (14.5 - 8) (1 - s w / S).
+    """
+    regions = dilate_boxes(boxes.float(), input_size, scaled_context_pad(context_pad, input_size))
+    n = grid_size(input_size)
+    s = regions.new_tensor([scales[1], scales[0]])  # x, y
+    start, extent = regions[:, :2] * s, (regions[:, 2:] - regions[:, :2]) * s
+    a = start - (FIRST_CENTRE - STRIDE / 2) * (1 - extent / input_size)
+    return torch.cat([a, a + extent * (STRIDE * n / input_size)], dim=1)
+
+
+def pool_regions(features: Tensor, rois: Tensor, grid: int, sampling_ratio: int = 1) -> Tensor:
+    """Each roi's features on a grid x grid: Tensor[C, h, w] map, rois (Tensor[R, 4]) in
+    scaled-image pixels -> Tensor[R, C, grid, grid] (zero where a sample is over a cell
+    outside the map, as roi_align)."""
+    batch = [rois.to(device=features.device, dtype=features.dtype)]
+    return roi_align(features.unsqueeze(0), batch, output_size=(grid, grid), spatial_scale=1.0 / STRIDE,
+                     sampling_ratio=sampling_ratio, aligned=True)
+
+
+def region_head(model: nn.Module, pooled: Tensor) -> Tensor:
+    """pool4, 5a, 5b, the average pool and the classifier: Tensor[R, C, n, n] -> logits [R, K+1]."""
+    net = check_member(model)
+    x = net.inception5b(net.inception5a(net.pool4(pooled)))
+    return net.forward_head(x.float())
+
+
+def member_probabilities(model: nn.Module, image: Tensor, boxes: Tensor, input_size: int, *,
+                         scale: float = 1.0, context_pad: int = 16, batch_size: int = 256,
+                         sampling_ratio: int = 1, mirror: bool = False,
+                         autocast: Callable[[], object] | None = None, channels_last: bool = False) -> Tensor:
+    """Sum over views (1, or 2 with `mirror`) of one member's softmax for every region.
+
+    image (Tensor[3, H, W]) normalised; boxes (Tensor[R, 4]) xyxy original pixels.
+    autocast: a context factory for the trunk and 5a/5b (the head runs in float32).
+    Returns Tensor[R, K+1] float32 on the image's device.
+    """
+    views = [(image, boxes)]
+    if mirror:  # the mirrored image, its boxes mirrored: x -> W - x
+        width = image.shape[-1]
+        views.append((image.flip(-1), torch.stack([width - boxes[:, 2], boxes[:, 1], width - boxes[:, 0],
+                                                   boxes[:, 3]], 1)))
+    total = None
+    for pixels, regions in views:
+        probs = _one_view(model, pixels, regions, input_size, scale, context_pad, batch_size,
+                          sampling_ratio, autocast, channels_last)
+        total = probs if total is None else total + probs
+    return total
+
+
+def _one_view(model: nn.Module, image: Tensor, boxes: Tensor, input_size: int, scale: float,
+              context_pad: int, batch_size: int, sampling_ratio: int,
+              autocast: Callable[[], object] | None, channels_last: bool) -> Tensor:
+    """Softmax [R, K+1] of one member on one view (see `member_probabilities`)."""
+    ctx = autocast or contextlib.nullcontext
+    x = image.unsqueeze(0)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    with ctx():
+        features, scales = trunk_features(model, x, scale)
+    rois = region_rois(boxes.to(image.device), scales, input_size, context_pad)
+    grid = grid_size(input_size)
+    out = []
+    for start in range(0, len(rois), batch_size):
+        pooled = pool_regions(features[0], rois[start:start + batch_size], grid, sampling_ratio)
+        if channels_last:
+            pooled = pooled.contiguous(memory_format=torch.channels_last)
+        with ctx():
+            out.append(region_head(model, pooled).float().softmax(dim=1))
+    if not out:
+        return image.new_zeros((0, check_member(model).num_classes))
+    return torch.cat(out)
+
+
+@torch.inference_mode()
+def ensemble_scores(members: Sequence[nn.Module], input_sizes: Sequence[int], image: Tensor | Sequence[Tensor],
+                    boxes: Tensor, **options) -> Tensor:
+    """The members' mean softmax over all views: Tensor[R, K+1] float32 on the CPU, rows sum to 1.
+
+    members: GoogLeNets with K+1 outputs (eval mode); input_sizes: each member's S.
+    image: one normalised Tensor[3, H, W], or one per member (members normalise differently).
+    boxes (Tensor[R, 4]); options: `member_probabilities` keywords (scale, mirror, ...).
+    """
+    images = [image] * len(members) if torch.is_tensor(image) else list(image)
+    total = None
+    for model, size, pixels in zip(members, input_sizes, images):
+        probs = member_probabilities(model, pixels, boxes, size, **options)
+        total = probs if total is None else total + probs
+    views = len(members) * (2 if options.get("mirror") else 1)
+    return (total / views).cpu()
+
+
+# ---- counting the work ---------------------------------------------------------------------------
+
+
+def count_multiply_adds(run: Callable[[], object], modules: Sequence[nn.Module]) -> int:
+    """Multiply-adds of every Conv2d / Linear call of `modules` during `run()`, whole batches
+    counted (biases, pooling, LRN, ReLU free: the paper's and `detect summary`'s convention)."""
+    total = [0]
+
+    def hook(module: nn.Module, inputs: tuple, out: Tensor) -> None:
+        if isinstance(module, nn.Conv2d):
+            kh, kw = module.kernel_size
+            total[0] += out.numel() * (module.in_channels // module.groups) * kh * kw
+        else:
+            total[0] += out.numel() * module.in_features
+
+    handles = [m.register_forward_hook(hook) for root in modules for m in root.modules()
+               if isinstance(m, (nn.Conv2d, nn.Linear))]
+    try:
+        with torch.inference_mode():
+            run()
+    finally:
+        for h in handles:
+            h.remove()
+    return total[0]
+
+
+def multiply_adds_per_image(model: nn.Module, input_size: int, height: int, width: int, regions: int,
+                            scale: float = 1.0, mirror: bool = False) -> dict[str, int]:
+    """Counted multiply-adds of one member on one H x W image with `regions` regions, both modes.
+
+    {"rcnn": regions x one S x S forward, "shared": the trunk to 4e on the scaled image +
+    regions x the per-region head (pool4 .. classifier), "shared_trunk", "shared_regions"};
+    with `mirror` every count doubles (each view runs the same work). Runs the network on one
+    crop, one image and one pooled region (not on every region: each costs the same).
+    """
+    net = check_member(model).eval()
+    device = next(net.parameters()).device
+    n = grid_size(input_size)
+    crop = count_multiply_adds(lambda: net(torch.zeros(1, 3, input_size, input_size, device=device)), [net])
+    trunk = count_multiply_adds(lambda: trunk_features(net, torch.zeros(1, 3, height, width, device=device),
+                                                       scale), [net])
+    region = count_multiply_adds(lambda: region_head(net, torch.zeros(1, net.inception4e.out_channels, n, n,
+                                                                      device=device)), [net])
+    views = 2 if mirror else 1
+    return {"rcnn": views * regions * crop, "shared": views * (trunk + regions * region),
+            "shared_trunk": views * trunk, "shared_regions": views * regions * region}
