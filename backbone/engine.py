@@ -281,9 +281,10 @@ class Meter:
         return values[:-1], int(values[-1]), time.perf_counter() - self.start
 
 
-def check_finite(loss: Tensor, desc: str, step: int) -> None:
-    """Stop on a NaN or infinite loss now: for a loss that synchronises every step anyway."""
-    if not math.isfinite(float(loss)):
+def check_finite(value: Tensor, desc: str, step: int) -> None:
+    """Stop now on a NaN or infinite loss (or the outputs it is made of): only for a loss that
+    waits for the device every step anyway."""
+    if not math.isfinite(float(value.detach())):
         raise FloatingPointError(f"non-finite loss in {desc} at step {step}; the last good checkpoint "
                                  "is kept (lower the learning rate and --resume)")
 

@@ -252,10 +252,10 @@ def _train(cfg: ClassifierConfig, data_dir: Path, out_dir: Path, resume: bool, i
                   "val_top1": raw["top1"], "val_top5": raw["top5"],
                   "val_top1_avg": avg["top1"], "val_top5_avg": avg["top5"],
                   "seconds": round(time.perf_counter() - tick, 1)}
-        if info.is_main:
+        if info.is_main:  # the checkpoint last: a run killed before it redoes this epoch
             log_epoch(log_path, record)
-            save_state(ckpt_path, state, classes=classes, config=config_to_dict(cfg))
             save_classifier(out_dir, state.ema.module, replace(meta, extra={**meta.extra, "epochs": epoch + 1}))
+            save_state(ckpt_path, state, classes=classes, config=config_to_dict(cfg))
         dist_utils.barrier()
     return out_dir
 

@@ -5,32 +5,33 @@ set reader can feed it. The run folder receives `config.yaml`, `metrics.jsonl` (
 epoch), `checkpoint.pt` (atomic, every epoch) and the model (`model.safetensors` +
 `multibox.json`, rewritten every epoch). Randomness is derived from (seed, epoch, step), so
 `resume=True` continues a killed run exactly as if it had not stopped. Under `torchrun` each
-process trains on its share of the images (DistributedDataParallel).
+process trains on its share of the images (DistributedDataParallel). The optimizer, schedule,
+checkpoints, processes and metrics are `backbone.engine`'s; the loss, the batches (flips with
+their boxes) and the recall validation are MultiBox's own.
 
 Shapes: B images, K priors, N ground-truth boxes of an image, S the input side.
 """
 from __future__ import annotations
 
 import dataclasses
-import math
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
-import numpy as np
 import torch
 from PIL import Image
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from torchvision.ops import box_iou
-from tqdm import tqdm
 
-from backbone.checkpoint import check_finite_loss, load_checkpoint, save_checkpoint
-from backbone.config import config_to_dict, save_config
-from backbone.distributed import all_reduce_sum, barrier, init_distributed
+from backbone.checkpoint import load_checkpoint
+from backbone.config import config_to_dict
+from backbone.distributed import DistInfo, all_reduce_sum, barrier
+from backbone.engine import (Meter, Schedule, TrainState, check_finite, check_recipe, distributed, load_state,
+                             log_epoch, make_optimizer, save_state, seed_epoch, set_lr, start_run, train_sampler,
+                             trim_log, unwrap, wrap_ddp)
 from backbone.errors import InputError
-from backbone.io import append_jsonl, load_image
+from backbone.io import load_image
 from backbone.models import IMAGENET_MEAN, IMAGENET_STD, load_classifier
 from proposals.multibox import (MultiBox, MultiBoxMeta, MultiBoxNet, build_multibox_net,
                                 he_init_, kmeans_priors, multibox_loss, normalize, resize_square,
@@ -57,9 +58,9 @@ class MultiBoxTrainConfig:
     batch_size: int = 32  # images per step, all processes together under torchrun
     optimizer: str = "adamw"  # "adamw" or "sgd" (momentum)
     lr: float = 1e-3  # peak learning rate, reached after the warmup
-    warmup_epochs: float = 1.0  # linear warmup, then cosine decay to zero at the last step
+    warmup_epochs: float = 1.0  # linear warm-up over these epochs of a cosine decay to zero at the last step
     momentum: float = 0.9  # SGD momentum (sgd only)
-    weight_decay: float = 1e-4  # decoupled for adamw, L2 for sgd
+    weight_decay: float = 1e-4  # decoupled for adamw, L2 for sgd; weights only, not biases (backbone.engine)
     alpha: float = 0.3  # weight of the location term: F = alpha * F_match + F_conf
     hflip: bool = True  # mirror half the images (boxes mirrored with them)
     workers: int = 2  # data loading processes
@@ -146,27 +147,6 @@ def normalised_boxes(samples: Sequence[Sample]) -> Tensor:
 
 # ----------------------------------------------------------------------------- recipe
 
-def lr_at(step: int, total_steps: int, warmup_steps: int, base_lr: float) -> float:
-    """Linear warmup to base_lr over warmup_steps, then cosine decay to 0 at total_steps."""
-    if step < warmup_steps:
-        return base_lr * (step + 1) / warmup_steps
-    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
-    return base_lr * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-
-
-OPTIMIZERS = {
-    "adamw": lambda params, t: torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay),
-    "sgd": lambda params, t: torch.optim.SGD(params, lr=t.lr, momentum=t.momentum,
-                                             weight_decay=t.weight_decay),
-}
-
-
-def build_optimizer(net: nn.Module, t: MultiBoxTrainConfig) -> torch.optim.Optimizer:
-    if t.optimizer not in OPTIMIZERS:
-        raise InputError(None, f"unknown train.optimizer '{t.optimizer}' (choose from {', '.join(OPTIMIZERS)})")
-    return OPTIMIZERS[t.optimizer](net.parameters(), t)
-
-
 def new_meta(cfg: MultiBoxConfig, samples: Sequence[Sample], init_run: str | Path | None,
              device: torch.device) -> tuple[MultiBoxMeta, nn.Module | None]:
     """Priors by k-means on the training boxes; the trunk from a classifier run if given."""
@@ -184,37 +164,34 @@ def new_meta(cfg: MultiBoxConfig, samples: Sequence[Sample], init_run: str | Pat
 
 # ----------------------------------------------------------------------------- loops
 
-def train_one_epoch(net: nn.Module, loader: DataLoader, optimizer: torch.optim.Optimizer,
-                    meta: MultiBoxMeta, cfg: MultiBoxTrainConfig, epoch: int, first_step: int,
-                    total_steps: int, warmup_steps: int, rank: int, show: bool) -> dict:
-    """One pass; returns the mean total, match and conf losses and the last learning rate."""
-    core = getattr(net, "module", net)
-    device = core.priors.device
+def train_one_epoch(net: nn.Module, state: TrainState, loader: DataLoader, schedule: Schedule,
+                    meta: MultiBoxMeta, cfg: MultiBoxTrainConfig, epoch: int, rank: int, show: bool) -> dict:
+    """One pass with `net` (state.model or its DDP wrapper) over batches of images uint8
+    Tensor[B, 3, S, S] and their boxes; returns the mean total, match and conf losses over all
+    processes, the last learning rate, the images and the steps."""
+    priors, prior_std = unwrap(net).priors, unwrap(net).prior_std
     net.train()
-    sums, images, step, lr, start = np.zeros(3), 0, first_step, 0.0, time.time()
-    bar = tqdm(loader, desc=f"epoch {epoch}", disable=not show, leave=False)
-    for batch, targets in bar:
-        lr = lr_at(step, total_steps, warmup_steps, cfg.lr)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
+    meter = Meter(priors.device, 3, len(loader), f"epoch {epoch + 1}/{cfg.epochs}", show)
+    lr = 0.0
+    for i, (batch, targets) in enumerate(loader):
+        step = epoch * len(loader) + i
+        lr = schedule.rate(step)
+        set_lr(state.optimizer, lr)
         if cfg.hflip:
             gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step * 101 + rank)
             batch, targets = hflip(batch, targets, torch.rand(len(batch), generator=gen) < 0.5)
-        x = normalize(batch.to(device, non_blocking=True), meta.mean, meta.std)
+        x = normalize(batch.to(priors.device, non_blocking=True), meta.mean, meta.std)
         offsets, logits = net(x)
-        loss = multibox_loss(offsets, logits, targets, core.priors, core.prior_std, cfg.alpha)
-        check_finite_loss(loss.total, epoch, step)
-        optimizer.zero_grad(set_to_none=True)
-        loss.total.backward()
-        optimizer.step()
-        sums += len(batch) * np.array([loss.total.item(), loss.match.item(), loss.conf.item()])
-        images, step = images + len(batch), step + 1
-        bar.set_postfix(loss=f"{loss.total.item():.3f}", lr=f"{lr:.2e}",
-                        img_s=f"{images / (time.time() - start):.1f}")
-    totals = all_reduce_sum(torch.tensor([*sums, images], dtype=torch.float64)).tolist()
-    n = max(totals[3], 1)
-    return {"loss": totals[0] / n, "match": totals[1] / n, "conf": totals[2] / n, "lr": lr,
-            "images": int(totals[3]), "steps": step - first_step}
+        # The matching brings every image's costs to the host (Hungarian, scipy), which refuses
+        # NaN: the step waits for the device there anyway, so the outputs are checked first.
+        check_finite(offsets.detach().sum() + logits.detach().sum(), meter.desc, i)
+        loss = multibox_loss(offsets, logits, targets, priors, prior_std, cfg.alpha)
+        state.step(loss.total)
+        meter.add(len(batch), torch.stack([loss.total, loss.match, loss.conf]) * len(batch), lr)
+    (total, match, conf), images, seconds = meter.result()
+    return {"loss": total / max(images, 1), "match": match / max(images, 1), "conf": conf / max(images, 1),
+            "lr": lr, "images": images, "steps": len(loader), "seconds": round(seconds, 2),
+            "images_per_s": round(images / max(seconds, 1e-9), 1)}
 
 
 def recall_at(boxes: Sequence[Tensor], gts: Sequence[Tensor], iou: float = 0.5) -> tuple[int, int]:
@@ -240,15 +217,30 @@ def evaluate_recall(net: MultiBoxNet, meta: MultiBoxMeta, samples: Sequence[Samp
 
 # ----------------------------------------------------------------------------- driver
 
-def make_loader(dataset: BoxImages, t: MultiBoxTrainConfig, world_size: int, rank: int,
-                pin: bool) -> tuple[DataLoader, DistributedSampler]:
+def make_loader(dataset: BoxImages, t: MultiBoxTrainConfig, info: DistInfo) -> tuple[DataLoader, DistributedSampler]:
     """This process's share of each epoch: batch_size / world_size images per step."""
-    sampler = DistributedSampler(dataset, world_size, rank, shuffle=True, seed=t.seed)
-    batch = max(1, t.batch_size // world_size)
+    sampler = train_sampler(dataset, info, t.seed)
+    batch = max(1, t.batch_size // info.world_size)
     loader = DataLoader(dataset, batch, sampler=sampler, num_workers=t.workers, collate_fn=collate,
-                        drop_last=len(dataset) // world_size >= batch, pin_memory=pin,
+                        drop_last=len(dataset) // info.world_size >= batch, pin_memory=info.device.type == "cuda",
                         persistent_workers=t.workers > 0)  # forked once per run (backbone.loaders)
     return loader, sampler
+
+
+def build_network(cfg: MultiBoxConfig, samples: Sequence[Sample], init_run: str | Path | None,
+                  resume_from: Path | None, device: torch.device) -> tuple[MultiBoxMeta, MultiBoxNet]:
+    """The run's meta and network: the priors of the checkpoint `resume_from`, or new ones (k-means)
+    with a trunk from `init_run` or He-initialised."""
+    torch.manual_seed(cfg.train.seed)
+    if resume_from is not None:
+        saved = load_checkpoint(resume_from)["meta"]
+        meta, trunk = MultiBoxMeta(**{**saved, "mean": tuple(saved["mean"]), "std": tuple(saved["std"])}), None
+    else:
+        meta, trunk = new_meta(cfg, samples, init_run, device)
+    net = build_multibox_net(meta, trunk, cfg.model.dropout).to(device)
+    if trunk is None and resume_from is None:
+        he_init_(net.trunk)
+    return meta, net
 
 
 def train_multibox(cfg: MultiBoxConfig, samples: Sequence[Sample], out_dir: str | Path,
@@ -264,59 +256,39 @@ def train_multibox(cfg: MultiBoxConfig, samples: Sequence[Sample], out_dir: str 
         init_run: a classifier run (`train-classifier`) whose weights start the trunk; its
             arch, width and normalisation replace the config's.
     """
-    out_dir, t = Path(out_dir), cfg.train
-    ckpt_path = out_dir / "checkpoint.pt"
-    if ckpt_path.exists() and not resume:
-        raise InputError(out_dir, "already holds a MultiBox run; pass --resume or choose another --out")
     samples = check_samples(samples)
     val_samples = check_samples(val_samples) if val_samples else None
-    dist = init_distributed(device)
-    torch.manual_seed(t.seed)
-    ckpt = load_checkpoint(ckpt_path) if resume and ckpt_path.exists() else None
-    if ckpt is not None:
-        meta, trunk = MultiBoxMeta(**{**ckpt["meta"], "mean": tuple(ckpt["meta"]["mean"]),
-                                      "std": tuple(ckpt["meta"]["std"])}), None
-    else:
-        meta, trunk = new_meta(cfg, samples, init_run, dist.device)
-    net = build_multibox_net(meta, trunk, cfg.model.dropout).to(dist.device)
-    if trunk is None and ckpt is None:
-        he_init_(net.trunk)
-    optimizer = build_optimizer(net, t)
-    start_epoch = 0
-    if ckpt is not None:
-        net.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        start_epoch = ckpt["epoch"] + 1
-    if dist.is_main:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, out_dir / "config.yaml")
-    model = net if dist.world_size == 1 else nn.parallel.DistributedDataParallel(
-        net, device_ids=[dist.device.index] if dist.device.type == "cuda" else None)
+    with distributed(device) as info:
+        return _train(cfg, samples, val_samples, Path(out_dir), resume, init_run, info)
 
-    loader, sampler = make_loader(BoxImages(samples, meta.input_size), t, dist.world_size, dist.rank,
-                                  dist.device.type == "cuda")
-    steps_per_epoch = len(loader)
-    total_steps, warmup = steps_per_epoch * t.epochs, int(round(steps_per_epoch * t.warmup_epochs))
-    for epoch in range(start_epoch, t.epochs):
-        start = time.time()
+
+def _train(cfg: MultiBoxConfig, samples: list[Sample], val_samples: list[Sample] | None, out_dir: Path,
+           resume: bool, init_run: str | Path | None, info: DistInfo) -> Path:
+    t, ckpt_path, log_path = cfg.train, out_dir / "checkpoint.pt", out_dir / "metrics.jsonl"
+    check_recipe("train", t.optimizer)
+    start_run(out_dir, ckpt_path.exists(), resume, cfg, out_dir / "config.yaml", info.is_main)
+    resume_from = ckpt_path if resume and ckpt_path.exists() else None
+    meta, net = build_network(cfg, samples, init_run, resume_from, info.device)
+    state = TrainState(net, make_optimizer(net, t.optimizer, t.lr, t.momentum, t.weight_decay))
+    if resume_from is not None:
+        load_state(resume_from, state)
+        if info.is_main:
+            trim_log(log_path, state.epoch)
+    loader, sampler = make_loader(BoxImages(samples, meta.input_size), t, info)
+    schedule = Schedule(t.lr, t.epochs, len(loader), "cosine", warmup_epochs=t.warmup_epochs)
+    model = wrap_ddp(net, info)
+    for epoch in range(state.epoch, t.epochs):
         sampler.set_epoch(epoch)
-        torch.manual_seed(t.seed * 7919 + epoch)  # dropout: the same after a resume
-        stats = train_one_epoch(model, loader, optimizer, meta, t, epoch, epoch * steps_per_epoch,
-                                total_steps, warmup, dist.rank, dist.is_main)
-        record = {"epoch": epoch, **stats, "seconds": round(time.time() - start, 2),
-                  "images_per_s": round(stats["images"] / max(time.time() - start, 1e-9), 1)}
+        seed_epoch(t.seed, epoch, info.rank)
+        record = {"epoch": epoch + 1, **train_one_epoch(model, state, loader, schedule, meta, t, epoch,
+                                                        info.rank, info.is_main)}
         if val_samples:
             record[f"val_recall@{t.eval_iou:g}"] = evaluate_recall(
-                net, meta, val_samples, t.eval_top_k, t.eval_iou, dist.rank, dist.world_size, t.batch_size)
-        if dist.is_main:
+                net, meta, val_samples, t.eval_top_k, t.eval_iou, info.rank, info.world_size, t.batch_size)
+        state.epoch = epoch + 1
+        if info.is_main:  # the checkpoint last: a run killed before it redoes this epoch
+            log_epoch(log_path, record)
             save_multibox(out_dir, net, meta)
-            save_checkpoint(ckpt_path, {"model": net.state_dict(), "optimizer": optimizer.state_dict(),
-                                        "epoch": epoch, "meta": dataclasses.asdict(meta),
-                                        "config": config_to_dict(cfg)})
-            append_jsonl(out_dir / "metrics.jsonl", record)
-            tqdm.write(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
-                                for k, v in record.items()))
+            save_state(ckpt_path, state, meta=dataclasses.asdict(meta), config=config_to_dict(cfg))
         barrier()
-    if ckpt is not None and start_epoch >= t.epochs and dist.is_main:
-        save_multibox(out_dir, net, meta)  # a finished run resumed: make sure the model is there
     return out_dir

@@ -16,6 +16,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from PIL import Image
 
+from backbone.checkpoint import load_checkpoint
 from backbone.config import load_config
 from backbone.errors import InputError
 from backbone.models import ModelMeta, build_model, save_classifier
@@ -23,7 +24,7 @@ from detect.cli import main
 from detect.data import write_voc
 from proposals.multibox import (MultiBox, MultiBoxMeta, build_multibox_net, decode, encode,
                                 kmeans_priors, match, multibox_loss, save_multibox)
-from proposals.multibox_train import (MultiBoxConfig, hflip, lr_at, recall_at, train_multibox)
+from proposals.multibox_train import (MultiBoxConfig, hflip, recall_at, train_multibox)
 
 CONFIG = Path(__file__).resolve().parent / "multibox_small.yaml"
 PRIORS = torch.tensor([[0.0, 0.0, 0.5, 0.5], [0.5, 0.5, 1.0, 1.0]])
@@ -112,13 +113,6 @@ def test_kmeans_priors_recover_clusters_and_their_spread():
     assert torch.equal(priors, again)
     with pytest.raises(InputError, match="distinct"):
         kmeans_priors(torch.tensor(centres).repeat(5, 1), 4)
-
-
-def test_lr_warmup_then_cosine():
-    assert lr_at(0, 100, 10, 1.0) == pytest.approx(0.1)
-    assert lr_at(9, 100, 10, 1.0) == pytest.approx(1.0)
-    assert lr_at(55, 100, 10, 1.0) == pytest.approx(0.5)
-    assert lr_at(100, 100, 10, 1.0) == pytest.approx(0.0)
 
 
 def test_hflip_mirrors_images_and_boxes():
@@ -243,23 +237,41 @@ def test_multibox_top200_recall_beats_a_grid_of_200_boxes(tmp_path, one_thread):
     assert multibox >= grid + 0.08, (grid, multibox)
 
 
-def test_train_writes_a_run_and_resume_continues_exactly(tmp_path, one_thread):
+class Stopped(Exception):
+    """Stands for a kill right after a checkpoint."""
+
+
+def _stop() -> None:
+    raise Stopped
+
+
+def test_train_writes_a_run_and_resume_continues_exactly(tmp_path, one_thread, monkeypatch):
     samples = objects_dataset(tmp_path / "img", 24, seed=5)
     cfg = small_config(epochs=2, batch_size=8)
     cfg.model.num_priors = 16
     straight = train_multibox(cfg, samples, tmp_path / "a", device="cpu", val_samples=samples[:4])
     lines = [json.loads(s) for s in (straight / "metrics.jsonl").read_text().splitlines()]
-    assert [r["epoch"] for r in lines] == [0, 1] and "val_recall@0.5" in lines[0]
+    assert [r["epoch"] for r in lines] == [1, 2] and "val_recall@0.5" in lines[0]
     assert all(math.isfinite(r["loss"]) for r in lines)
     assert (straight / "config.yaml").is_file() and (straight / "checkpoint.pt").is_file()
     with pytest.raises(InputError, match="--resume"):
         train_multibox(cfg, samples, straight, device="cpu")
-    cfg.train.epochs = 1
-    train_multibox(cfg, samples, tmp_path / "b", device="cpu")
-    cfg.train.epochs = 2
+    with monkeypatch.context() as patch:  # the same config stopped after epoch 1's checkpoint
+        patch.setattr("proposals.multibox_train.barrier", _stop)
+        with pytest.raises(Stopped):
+            train_multibox(cfg, samples, tmp_path / "b", device="cpu")
+    assert load_checkpoint(tmp_path / "b" / "checkpoint.pt")["epoch"] == 1
     train_multibox(cfg, samples, tmp_path / "b", resume=True, device="cpu")
     a, b = MultiBox.load(straight).net.state_dict(), MultiBox.load(tmp_path / "b").net.state_dict()
-    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    # A resumed epoch that blows up stops with the checkpoint of epoch 2 kept as it was.
+    before = load_checkpoint(straight / "checkpoint.pt")
+    cfg.train.epochs, cfg.train.lr = 3, 1e30
+    with pytest.raises(FloatingPointError, match="non-finite loss in epoch 3/3"):
+        train_multibox(cfg, samples, straight, resume=True, device="cpu")
+    after = load_checkpoint(straight / "checkpoint.pt")
+    assert after["epoch"] == 2 and all(torch.equal(before["model"][k], after["model"][k]) for k in before["model"])
+    assert len((straight / "metrics.jsonl").read_text().splitlines()) == 2
 
 
 def test_training_refuses_a_malformed_box(tmp_path):
@@ -300,7 +312,6 @@ def _ddp_worker(rank: int, port: int, samples: list, out: str) -> None:
     cfg = small_config(epochs=1, batch_size=8, hflip=False)
     cfg.model.num_priors = 16
     train_multibox(cfg, samples, out, device="cpu")
-    dist.destroy_process_group()
 
 
 @pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(), reason="no gloo backend")
