@@ -5,7 +5,7 @@ of the same protocol, on one core, in the same run. The loop is timed on a subse
 classes and extrapolated by the number of detections (its cost is linear in them); the output
 says so. It also checks that both give the same per-class AP on that subset.
 
-    python tools/bench/map_eval.py            # the full size
+    python tools/bench/map_eval.py                 # the full size
     python tools/bench/map_eval.py --images 500    # quicker
 
 Targets: ratio >= 10x, the vectorised evaluation under 30 s.

@@ -4,7 +4,7 @@ Runs on scikit-image's bundled photographs (no download), resized to width 500 a
 one thread, and prints a markdown table (the one in docs/proposals.md). The GoogLeNet paper
 says doubling the superpixel size halves the boxes; the column "2x / 1x" checks it.
 
-    python tools/bench/selective_search_scale.py [--backend opencv:fast ...] [--json out.json]
+    python tools/bench/selective_search_scale.py [--setting opencv:fast ...] [--json out.json]
 """
 from __future__ import annotations
 
