@@ -6,7 +6,7 @@ kernel when it is freed, so the next batch page-faults and zeroes the same memor
 on this project's 2-core machine a full-width float32 training step spent 0.76 of its 1.88 s
 in the kernel (525,000 page faults). tcmalloc keeps freed memory for reuse: the same step took
 1.46 s, a full-width bfloat16 forward of 16 crops 99 ms against 144 ms
-(`python tools/bench_allocator.py` measures both allocators in one run; docs/performance.md).
+(`python tools/bench/allocator.py` measures both allocators in one run; docs/performance.md).
 
 A process cannot change its allocator once it has started, so `detect` (the console entry,
 `detect.entry`) starts itself again with tcmalloc preloaded (LD_PRELOAD) before it imports

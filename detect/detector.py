@@ -54,7 +54,7 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype | Non
     AVX-512 BF16 / AMX and on GPUs that support it, float16 on older GPUs; float32 elsewhere.
     "auto" is then checked on the first real regions each member scores (Detector keeps it only
     if the softmax agrees with float32 within 0.02 and the top classes match), is tested in
-    tests/detect/test_detector.py and measured by tools/bench_region_scoring.py.
+    tests/detect/test_detector.py and measured by tools/bench/region_scoring.py.
     """
     if precision not in PRECISIONS:
         raise InputError(None, f"inference.precision must be one of {', '.join(PRECISIONS)}, got '{precision}'")

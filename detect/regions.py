@@ -10,7 +10,7 @@ resize (half-pixel centres, as cv2.resize and `F.interpolate(align_corners=False
 zero-padded image: all R crops come from one batched `F.grid_sample` call on the image's
 device, one bilinear sample per output pixel. That is `torchvision.ops.roi_align` with
 sampling_ratio 1 and aligned=True up to float rounding, and faster on the CPU (the crops of
-1,200 regions at 224 in `tools/bench_one_image.py`: 0.27 s, against 1.03 s with roi_align
+1,200 regions at 224 in `tools/bench/one_image.py`: 0.27 s, against 1.03 s with roi_align
 in the run just before the change). sampling_ratio > 1 (several
 samples averaged per output pixel) goes through roi_align.
 """
