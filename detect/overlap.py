@@ -12,7 +12,6 @@ pixels (tests/detect/test_run_resume.py checks it).
 from __future__ import annotations
 
 import collections
-import multiprocessing as mp
 import os
 import time
 from pathlib import Path
@@ -23,6 +22,7 @@ from torch import Tensor
 
 from backbone.errors import InputError
 from backbone.io import load_image
+from backbone.pool import fork_context, one_opencv_thread
 
 Proposer = Callable[[Any], tuple[Tensor, Tensor]]
 
@@ -37,7 +37,8 @@ def default_proposal_workers() -> int:
 
 
 def _init_worker(config: Any) -> None:
-    """One thread per library in a worker: the parallelism comes from the processes."""
+    """One thread per library in a worker (the parallelism comes from the processes), and its
+    proposer: the parent's, inherited through fork, else built from `config`."""
     import cv2
 
     cv2.setNumThreads(1)
@@ -82,15 +83,12 @@ def proposals_ahead(detector: Any, paths: Sequence[str | Path], workers: int,
     if workers <= 0 or not paths:
         yield from (None for _ in paths)
         return
-    from proposals.cache import one_opencv_thread  # the fork-safety guard of the proposal cache
-
     lookahead = max(1, lookahead or 2 * workers)
-    ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
     _proposer["fn"] = detector.proposer  # inherited by forked workers; None: built from config
     try:
         with one_opencv_thread():  # only while forking: the parent's OpenCV keeps its threads
-            pool = ctx.Pool(min(workers, len(paths)), initializer=_init_worker,
-                            initargs=(_worker_config(detector),))
+            pool = fork_context().Pool(min(workers, len(paths)), initializer=_init_worker,
+                                       initargs=(_worker_config(detector),))
         with pool:
             pending: collections.deque = collections.deque()
             todo = iter(paths)

@@ -23,7 +23,7 @@ import torch
 from backbone.config import config_from_dict, config_to_dict, read_yaml, save_config
 from backbone.errors import InputError
 from backbone.io import atomic_write_json, load_image, load_weights, save_weights
-from backbone.pool import one_opencv_thread, process_map  # one_opencv_thread: detect.overlap's fork guard too
+from backbone.pool import process_map
 from proposals.merge import ProposalConfig, build_proposer
 
 SUFFIX = ".safetensors"
