@@ -35,7 +35,7 @@ class FinetuneConfig:
     optimizer: str = "sgd"  # "sgd" (R-CNN's) or "adamw" (decoupled weight decay; faster for short runs from scratch)
     lr: float = 0.001  # learning rate (R-CNN fine-tuning: SGD at 0.001)
     momentum: float = 0.9  # SGD momentum; AdamW's beta1
-    weight_decay: float = 5e-4  # L2 penalty
+    weight_decay: float = 5e-4  # L2 penalty (AdamW: decoupled) on weights, not on biases (backbone.engine)
     batch_regions: int = 128  # regions per mini-batch
     fg_per_batch: int = 32  # foreground regions per mini-batch (the rest are background)
     images_per_batch: int = 2  # images a mini-batch's regions are drawn from
@@ -46,7 +46,7 @@ class FinetuneConfig:
     members: int = 3  # ensemble members, each fine-tuned with its own seed and sampling
     seed: int = 0  # seed of member 0; member i uses seed + i
     workers: int = 2  # data loading worker processes
-    lr_schedule: str = "step"  # "step" (x lr_gamma every lr_step_epochs) or "cosine" (half cosine over the epochs)
+    lr_schedule: str = "step"  # "step" (x lr_gamma every lr_step_epochs) or "cosine" (half cosine over the run)
     lr_gamma: float = 0.1  # learning-rate factor at each step
     lr_step_epochs: int = 0  # epochs between learning-rate steps; 0 = constant
     dropout: float | None = None  # dropout before the classifier while fine-tuning; None = the network's own

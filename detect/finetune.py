@@ -13,6 +13,8 @@ A run folder holds, besides the detector itself (`detect.detector.save_detector_
     train/member_<i>.pt    checkpoint after each epoch (atomic; `resume` continues from it)
     train/metrics.jsonl    one JSON line per member and epoch (loss, accuracy, val mAP, ...)
 
+The optimizer, schedule, checkpoints, processes and metrics are `backbone.engine`'s, shared with
+the other trainers; the loss, the region batches and the mAP validation are this module's.
 All randomness derives from (seed, epoch, step), so a resumed run ends with exactly the weights
 of an uninterrupted one. Under torchrun each process takes an equal share of the images of
 every mini-batch; gradients are averaged by DistributedDataParallel so that the update equals
@@ -22,7 +24,6 @@ from __future__ import annotations
 
 import copy
 import re
-import time
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -32,21 +33,21 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from backbone.checkpoint import check_finite_loss, load_checkpoint, save_checkpoint
 from backbone.config import config_to_dict, save_config
-from backbone.distributed import DistInfo, all_reduce_sum, barrier, cleanup, init_distributed
+from backbone.distributed import DistInfo, barrier
+from backbone.engine import (Meter, Schedule, TrainState, check_recipe, distributed, load_state, log_epoch,
+                             make_optimizer, save_state, set_lr, trim_log, wrap_ddp)
 from backbone.errors import InputError
 from backbone.googlenet import TRUNK_BLOCKS
-from backbone.io import append_jsonl, load_image
+from backbone.io import load_image
 from backbone.loaders import start_workers, worker_init
 from backbone.models import ModelMeta, load_classifier
-from backbone.train import LR_SCHEDULES, OPTIMIZERS, cosine_rate
 from detect.config import DetectorConfig, FinetuneConfig
 from detect.data import DetectionDataset, ImageRecord
 from detect.detector import BACKGROUND, Detector, detect_dataset, save_detector_run
 from detect.metrics import evaluate_map
 from detect.regions import to_tensor, warp_regions
-from detect.sampling import (SEED_DROPOUT, SEED_HEAD, LabelledRegions, RegionSample, EpochSteps,
+from detect.sampling import (SEED_DROPOUT, SEED_HEAD, EpochSteps, LabelledRegions, RegionSample, epoch_batches,
                              label_regions, mix_seed, sample_minibatch)
 from proposals import ProposalCache
 
@@ -79,7 +80,7 @@ def class_key(name: str) -> str:
     return re.sub(r"[^0-9a-z]", "", re.sub(r"^\d+_", "", name.strip().lower()))
 
 
-def _main_head(model: nn.Module) -> nn.Linear:
+def main_head(model: nn.Module) -> nn.Linear:
     """The final linear layer of either architecture (ours: .fc; torchvision's: .net.fc)."""
     return model.fc if isinstance(getattr(model, "fc", None), nn.Linear) else model.net.fc
 
@@ -114,13 +115,13 @@ def init_member(init_run: str | Path, classes: list[str], seed: int,
     row new (R-CNN's way). meta.extra["head_rows_carried"] counts the rows carried.
     """
     model, base = load_classifier(init_run, "cpu")
-    old = _main_head(model)
+    old = main_head(model)
     old_weight, old_bias = old.weight.detach().clone(), old.bias.detach().clone()
     torch.manual_seed(mix_seed(seed, 0, 0, SEED_HEAD))  # the new head differs between members
     model.reset_classifier(len(classes) + 1)
     carried = []
     if init_head == "match":
-        carried = carry_class_rows(old_weight, old_bias, base.classes, _main_head(model), classes)
+        carried = carry_class_rows(old_weight, old_bias, base.classes, main_head(model), classes)
     if dropout is not None:
         for m in model.modules():
             if isinstance(m, nn.Dropout):
@@ -132,7 +133,7 @@ def init_member(init_run: str | Path, classes: list[str], seed: int,
     return model, meta
 
 
-class _TrainImages(torch.utils.data.Dataset):
+class TrainImages(torch.utils.data.Dataset):
     """Item i -> (i, decoded image uint8 [H, W, 3], its LabelledRegions); run in loader workers,
     so that neither images nor proposals of the whole data set are ever held in memory."""
 
@@ -148,7 +149,7 @@ class _TrainImages(torch.utils.data.Dataset):
         return i, torch.from_numpy(load_image(rec.path)), regions
 
 
-def make_loader(data: _TrainImages, dist: DistInfo, workers: int) -> torch.utils.data.DataLoader:
+def make_loader(data: TrainImages, dist: DistInfo, workers: int) -> torch.utils.data.DataLoader:
     """The fine-tuning loader of a whole run: persistent workers, forked now (before any model
     is built: `backbone.loaders`). Set its epoch with `loader.batch_sampler.set_epoch(seed, epoch)`;
     per step it yields this process's share of the step's images: [(index, image, regions), ...]."""
@@ -171,58 +172,52 @@ def make_crops(images: dict[int, Tensor], samples: list[RegionSample], crop_size
     x = torch.cat(crops) if crops else warp_regions(any_image, torch.zeros(0, 4), crop_size, context_pad)
     if not samples:  # no labelled region in this process's images: an empty batch keeps DDP in step
         return x, torch.zeros(0, dtype=torch.int64, device=x.device)
-    flip = torch.cat([s.flip for s in samples]).to(x.device)
+    flip = torch.cat([s.flip for s in samples]).to(x.device, non_blocking=True)
     x = torch.where(flip[:, None, None, None], x.flip(-1), x)
-    return x, torch.cat([s.labels for s in samples]).to(x.device)
+    return x, torch.cat([s.labels for s in samples]).to(x.device, non_blocking=True)
 
 
-def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, loader: torch.utils.data.DataLoader,
-                    meta: ModelMeta, cfg: DetectorConfig,
-                    seed: int, epoch: int, dist: DistInfo, desc: str) -> dict:
-    """One pass over the training images of `loader` (`make_loader`); returns mean loss,
-    accuracies and regions/s."""
+def step_batch(decoded: list, group: list[int], cfg: DetectorConfig, meta: ModelMeta, seed: int, epoch: int,
+               step: int, dist: DistInfo) -> tuple[Tensor, Tensor]:
+    """This process's crops (Tensor[R, 3, S, S]) and labels (Tensor[R]) of one step: R-CNN's draw of
+    regions over the step's images `group` (every process's), made from its own `decoded` ones."""
     ft = cfg.finetune
-    crop = cfg.regions.crop_size or meta.input_size
+    mine = range(dist.rank, len(group), dist.world_size)  # as EpochSteps shares them
+    samples = sample_minibatch({i: r for i, _, r in decoded}, group, ft.batch_regions, ft.fg_per_batch,
+                               ft.mirror, seed, epoch, step, positions=mine)
+    images = {i: to_tensor(img.numpy(), meta.mean, meta.std, dist.device) for i, img, _ in decoded}
+    x, y = make_crops(images, samples, cfg.regions.crop_size or meta.input_size, cfg.regions.context_pad)
+    return (x.contiguous(memory_format=torch.channels_last) if ft.channels_last else x), y
+
+
+def train_one_epoch(net: nn.Module, state: TrainState, loader: torch.utils.data.DataLoader, schedule: Schedule,
+                    meta: ModelMeta, cfg: DetectorConfig, seed: int, epoch: int, dist: DistInfo, desc: str) -> dict:
+    """One pass with `net` (state.model or its DDP wrapper) over the training images of `loader`
+    (`make_loader`); returns mean loss, accuracies and regions/s. The sums stay on the device
+    until the end of the epoch."""
+    ft = cfg.finetune
     loader.batch_sampler.set_epoch(seed, epoch)
     steps = loader.batch_sampler.steps
-    device = dist.device
-    amp = device.type == "cuda" and ft.amp
-    totals = torch.zeros(5, dtype=torch.float64)  # loss sum, regions, correct, fg regions, fg correct
-    model.train()
-    start = time.perf_counter()
-    bar = tqdm(loader, total=len(steps), desc=desc,
-               disable=not dist.is_main, leave=False)
-    for step, decoded in enumerate(bar):
-        mine = range(dist.rank, len(steps[step]), dist.world_size)  # as EpochSteps shares them
-        samples = sample_minibatch({i: r for i, _, r in decoded}, steps[step], ft.batch_regions,
-                                   ft.fg_per_batch, ft.mirror, seed, epoch, step, positions=mine)
-        images = {i: to_tensor(img.numpy(), meta.mean, meta.std, device) for i, img, _ in decoded}
-        x, y = make_crops(images, samples, crop, cfg.regions.context_pad)
-        if ft.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
+    amp = dist.device.type == "cuda" and ft.amp
+    net.train()
+    meter = Meter(dist.device, 4, len(steps), desc, dist.is_main)  # loss, correct, fg, fg correct
+    for step, decoded in enumerate(loader):
+        lr = schedule.rate(epoch * len(steps) + step)
+        set_lr(state.optimizer, lr)
+        x, y = step_batch(decoded, steps[step], cfg, meta, seed, epoch, step, dist)
         torch.manual_seed(mix_seed(seed, epoch, step, SEED_DROPOUT, dist.rank))  # dropout masks, reproducibly
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-            logits = model(x)
+        with torch.autocast(dist.device.type, dtype=torch.bfloat16, enabled=amp):
+            logits = net(x)
         loss_sum = F.cross_entropy(logits.float(), y, reduction="sum")
-        check_finite_loss(loss_sum, epoch, step)
         # DDP averages gradients over processes: scale so the update is the mean over the batch.
-        loss = loss_sum * (dist.world_size / ft.batch_regions)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        with torch.no_grad():
-            correct, fg = logits.argmax(1) == y, y > 0
-            totals += torch.tensor([loss_sum.item(), len(y), correct.sum().item(), fg.sum().item(),
-                                    correct[fg].sum().item()], dtype=torch.float64)
-        bar.set_postfix(loss=f"{loss_sum.item() / max(len(y), 1):.3f}",
-                        lr=f"{optimizer.param_groups[0]['lr']:.2g}")
-    bar.close()
-    totals = all_reduce_sum(totals.to(device)).cpu()
-    seconds = time.perf_counter() - start
-    n = max(totals[1].item(), 1.0)
-    return {"loss": totals[0].item() / n, "accuracy": totals[2].item() / n,
-            "fg_accuracy": totals[4].item() / max(totals[3].item(), 1.0),
-            "regions_per_s": totals[1].item() / seconds, "steps": len(steps), "seconds": seconds}
+        state.step(loss_sum * (dist.world_size / ft.batch_regions))
+        correct, fg = logits.detach().argmax(1) == y, y > 0
+        meter.add(len(y), torch.stack([loss_sum.detach(), correct.sum().float(), fg.sum().float(),
+                                       (correct & fg).sum().float()]), lr)
+    (loss, correct, fg, fg_correct), regions, seconds = meter.result()
+    return {"loss": loss / max(regions, 1), "accuracy": correct / max(regions, 1),
+            "fg_accuracy": fg_correct / max(fg, 1.0), "regions_per_s": regions / seconds, "steps": len(steps),
+            "seconds": seconds}
 
 
 def validate(model: nn.Module, meta: ModelMeta, classes: list[str], cfg: DetectorConfig,
@@ -235,35 +230,32 @@ def validate(model: nn.Module, meta: ModelMeta, classes: list[str], cfg: Detecto
     return float(evaluate_map(val_dataset, detections, "voc12")["mAP"])
 
 
-def _lr_at(ft: FinetuneConfig, epoch: int) -> float:
-    """The rate of an epoch. step: lr * gamma ** (epoch // lr_step_epochs), constant when
-    lr_step_epochs is 0; cosine: lr * (1 + cos(pi * epoch / epochs)) / 2."""
-    if ft.lr_schedule == "cosine":
-        return cosine_rate(ft.lr, epoch / max(ft.epochs, 1))
-    return ft.lr * (ft.lr_gamma ** (epoch // ft.lr_step_epochs) if ft.lr_step_epochs > 0 else 1.0)
+def make_schedule(ft: FinetuneConfig, steps_per_epoch: int) -> Schedule:
+    """step: lr * lr_gamma ** (epoch // lr_step_epochs), constant when lr_step_epochs is 0;
+    cosine: a half cosine from lr to 0 over the run, decreasing every step."""
+    return Schedule(ft.lr, ft.epochs, steps_per_epoch, ft.lr_schedule, ft.lr_gamma, ft.lr_step_epochs)
 
 
 def check_finetune_choices(ft: FinetuneConfig) -> None:
-    """InputError on an optimizer or schedule name that train-classifier does not know either,
-    or an init_head other than match / fresh."""
+    """InputError on an optimizer or schedule name the engine does not know, an init_head other
+    than match / fresh, or a freeze block that is not one of the trunk's."""
     if ft.init_head not in INIT_HEADS:
         raise InputError(None, f"finetune.init_head must be one of {', '.join(INIT_HEADS)}, got '{ft.init_head}'")
-    if ft.optimizer not in OPTIMIZERS:
-        raise InputError(None, f"finetune.optimizer must be one of {', '.join(OPTIMIZERS)}, got '{ft.optimizer}'")
     if ft.freeze and ft.freeze not in TRUNK_BLOCKS:
         raise InputError(None, f"finetune.freeze must be empty or one of {', '.join(TRUNK_BLOCKS)}, got '{ft.freeze}'")
-    if ft.lr_schedule not in LR_SCHEDULES:
-        raise InputError(None, f"finetune.lr_schedule must be one of {', '.join(LR_SCHEDULES)}, "
-                               f"got '{ft.lr_schedule}'")
+    check_recipe("finetune", ft.optimizer, ft.lr_schedule)
 
 
-def make_optimizer(model: nn.Module, ft: FinetuneConfig) -> torch.optim.Optimizer:
-    """SGD with momentum (R-CNN's) or AdamW, as `ft.optimizer` says; InputError on other names."""
-    check_finetune_choices(ft)
-    if ft.optimizer == "adamw":
-        return torch.optim.AdamW(model.parameters(), lr=ft.lr, betas=(ft.momentum, 0.999),
-                                 weight_decay=ft.weight_decay)
-    return torch.optim.SGD(model.parameters(), lr=ft.lr, momentum=ft.momentum, weight_decay=ft.weight_decay)
+def member_network(init_run: str | Path, classes: list[str], ft: FinetuneConfig, seed: int,
+                   device: torch.device) -> tuple[nn.Module, ModelMeta]:
+    """`init_member` with finetune.freeze applied, on `device` in the configured memory layout."""
+    model, meta = init_member(init_run, classes, seed, ft.dropout, ft.init_head)
+    if ft.freeze:
+        if not hasattr(model, "freeze_through"):
+            raise InputError(init_run, f"finetune.freeze needs a googlenet classifier, not {meta.arch}")
+        meta.extra["frozen"] = model.freeze_through(ft.freeze)  # left out of the optimizer
+    model = model.to(device)
+    return (model.to(memory_format=torch.channels_last) if ft.channels_last else model), meta
 
 
 def train_member(index: int, init_run: str | Path, classes: list[str], loader: torch.utils.data.DataLoader,
@@ -271,50 +263,28 @@ def train_member(index: int, init_run: str | Path, classes: list[str], loader: t
                  val: tuple[DetectionDataset, ProposalCache] | None, resume: bool,
                  dist: DistInfo) -> tuple[nn.Module, ModelMeta]:
     """Fine-tune member `index` for cfg.finetune.epochs, checkpointing each epoch."""
-    ft = cfg.finetune
-    seed = ft.seed + index
-    model, meta = init_member(init_run, classes, seed, ft.dropout, ft.init_head)
-    if ft.freeze:
-        if not hasattr(model, "freeze_through"):
-            raise InputError(init_run, f"finetune.freeze needs a googlenet classifier, not {meta.arch}")
-        meta.extra["frozen"] = model.freeze_through(ft.freeze)  # SGD and AdamW skip their gradless weights
-    model = model.to(dist.device)
-    if ft.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    optimizer = make_optimizer(model, ft)
-    ckpt_path = out_dir / "train" / f"member_{index}.pt"
-    first_epoch = 0
+    ft, seed = cfg.finetune, cfg.finetune.seed + index
+    model, meta = member_network(init_run, classes, ft, seed, dist.device)
+    state = TrainState(model, make_optimizer(model, ft.optimizer, ft.lr, ft.momentum, ft.weight_decay))
+    ckpt_path, log_path = out_dir / "train" / f"member_{index}.pt", out_dir / "train" / LOG_FILE
     if resume and ckpt_path.is_file():
-        state = load_checkpoint(ckpt_path, map_location=dist.device)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        first_epoch = int(state["epoch"])
-    net = model
-    if dist.world_size > 1:
-        ids = [dist.device.index] if dist.device.type == "cuda" else None
-        net = nn.parallel.DistributedDataParallel(model, device_ids=ids)
-    for epoch in range(first_epoch, ft.epochs):
-        for group in optimizer.param_groups:
-            group["lr"] = _lr_at(ft, epoch)
+        load_state(ckpt_path, state)
+    if dist.is_main:
+        trim_log(log_path, state.epoch, member=index)  # lines of epochs that will run again
+    net = wrap_ddp(model, dist)
+    schedule = make_schedule(ft, len(epoch_batches(len(loader.dataset), ft.images_per_batch, seed, 0)))
+    for epoch in range(state.epoch, ft.epochs):
         desc = f"member {index + 1}/{ft.members} epoch {epoch + 1}/{ft.epochs}"
-        record = train_one_epoch(net, optimizer, loader, meta, cfg, seed, epoch, dist, desc)
-        record = {"member": index, "epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"], **record}
-        if dist.is_main:
+        record = train_one_epoch(net, state, loader, schedule, meta, cfg, seed, epoch, dist, desc)
+        record = {"member": index, "epoch": epoch + 1, "lr": state.optimizer.param_groups[0]["lr"], **record}
+        state.epoch = epoch + 1
+        if dist.is_main:  # the checkpoint last: a run killed before it redoes this epoch
             if val is not None and ((epoch + 1) % ft.val_every == 0 or epoch + 1 == ft.epochs):
                 record["val_mAP"] = validate(model, meta, classes, cfg, *val)
-            save_checkpoint(ckpt_path, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                                        "epoch": epoch + 1, "member": index,
-                                        "finetune": config_to_dict(ft)})
-            append_jsonl(out_dir / "train" / LOG_FILE, record)
-            tqdm.write(_summary(record))
+            log_epoch(log_path, record)
+            save_state(ckpt_path, state, member=index, finetune=config_to_dict(ft))
         barrier()
     return model.eval(), meta
-
-
-def _summary(r: dict) -> str:
-    text = (f"member {r['member']} epoch {r['epoch']}: loss {r['loss']:.4f} acc {r['accuracy']:.3f} "
-            f"fg acc {r['fg_accuracy']:.3f} ({r['regions_per_s']:.0f} regions/s)")
-    return text + (f" val mAP {r['val_mAP']:.4f}" if "val_mAP" in r else "")
 
 
 def _check_inputs(cfg: DetectorConfig, out_dir: Path, resume: bool, n_images: int, dist: DistInfo,
@@ -356,14 +326,9 @@ def train_detector(cfg: DetectorConfig, dataset: DetectionDataset,
         resume: continue from the checkpoints in `out_dir`.
     Returns the run folder (load it with `detect.Detector.load`).
     """
-    if cfg.finetune.threads > 0:
-        torch.set_num_threads(cfg.finetune.threads)
-    dist = init_distributed(device)
-    try:
+    with distributed(device, cfg.finetune.threads) as dist:
         return _train_detector(cfg, dataset, val_dataset, proposals_cache_dir, init_run, Path(out_dir),
                                members, resume, dist)
-    finally:
-        cleanup()
 
 
 def _train_detector(cfg: DetectorConfig, dataset: DetectionDataset, val_dataset: DetectionDataset | None,
@@ -382,7 +347,7 @@ def _train_detector(cfg: DetectorConfig, dataset: DetectionDataset, val_dataset:
         tqdm.write(f"skipped {len(skipped)} images without cached proposals: "
                    f"{', '.join(skipped[:10])}{' ...' if len(skipped) > 10 else ''}")
     # Workers forked once, before any member is built (backbone.loaders says why).
-    loader = make_loader(_TrainImages([dataset.images[i] for i in kept], cache.root, cfg.finetune),
+    loader = make_loader(TrainImages([dataset.images[i] for i in kept], cache.root, cfg.finetune),
                          dist, cfg.finetune.workers)
     if dist.is_main:
         (out_dir / "train").mkdir(parents=True, exist_ok=True)

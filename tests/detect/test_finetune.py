@@ -1,6 +1,7 @@
 """R-CNN fine-tuning: the loss falls, resume equals a straight run, the run folder loads, the CLI,
 the non-finite guard, and a 2-process gloo run equal to the single-process one."""
 import json
+import math
 import os
 import socket
 
@@ -8,15 +9,20 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from backbone.checkpoint import load_checkpoint
 from backbone.config import load_config
+from backbone.distributed import DistInfo
+from backbone.engine import TrainState, make_optimizer
 from backbone.errors import InputError
 from backbone.io import load_image, load_weights
 from detect.config import DetectorConfig
 from detect.data import load_dataset
-from detect.finetune import _lr_at, init_member, label_image, make_crops, make_optimizer, train_detector
+from detect.finetune import (TrainImages, init_member, label_image, make_crops, make_loader, make_schedule,
+                             member_network, train_detector, train_one_epoch)
 from detect.regions import to_tensor
 from detect.sampling import sample_minibatch
 from proposals import ProposalCache, compute_proposals
+from host_reads import count_host_reads
 from shapes_data import make_init_classifier, make_shapes_dataset, small_image_proposals
 
 # 4 images, 2 per step: 2 steps per epoch of 16 regions (4 foreground) at width 0.125, crop 64.
@@ -108,24 +114,44 @@ def test_optimizer_and_schedule_choices(setup):
     s = setup
     ft = _cfg("finetune.optimizer=adamw", "finetune.lr_schedule=cosine", "finetune.epochs=4",
               "finetune.lr=0.002", "finetune.momentum=0.8").finetune
-    assert [_lr_at(ft, e) for e in range(4)] == pytest.approx([0.002, 0.002 * (1 + 0.5 ** 0.5) / 2, 0.001,
-                                                              0.002 * (1 - 0.5 ** 0.5) / 2])
-    opt = make_optimizer(torch.nn.Linear(2, 2), ft)
-    assert isinstance(opt, torch.optim.AdamW) and opt.param_groups[0]["betas"] == (0.8, 0.999)
-    step = _cfg("finetune.lr_step_epochs=2", "finetune.lr_gamma=0.1").finetune
-    assert [_lr_at(step, e) for e in range(5)] == pytest.approx([0.01, 0.01, 0.001, 0.001, 0.0001])
-    assert isinstance(make_optimizer(torch.nn.Linear(2, 2), step), torch.optim.SGD)
+    cosine = make_schedule(ft, steps_per_epoch=2)  # epoch starts: (1 + cos(pi * epoch / 4)) / 2
+    assert [cosine.rate(2 * e) for e in range(4)] == pytest.approx([0.002, 0.002 * (1 + 0.5 ** 0.5) / 2, 0.001,
+                                                                   0.002 * (1 - 0.5 ** 0.5) / 2])
+    assert cosine.rate(1) == pytest.approx(0.002 * (1 + math.cos(math.pi / 8)) / 2)  # every step decays
+    step = make_schedule(_cfg("finetune.lr_step_epochs=2", "finetune.lr_gamma=0.1").finetune, steps_per_epoch=3)
+    assert [step.rate(3 * e + 2) for e in range(5)] == pytest.approx([0.01, 0.01, 0.001, 0.001, 0.0001])
     with pytest.raises(InputError, match="finetune.optimizer"):  # before any work is done
         train_detector(_cfg("finetune.optimizer=adam"), s["train"], None, s["cache"], s["init"],
                        s["root"] / "bad_opt", members=1, device="cpu")
     assert not (s["root"] / "bad_opt" / "train").exists()
 
 
-def test_non_finite_loss_stops_training(setup):
+def test_non_finite_loss_stops_training_and_keeps_the_last_checkpoint(setup):
     s = setup
     with pytest.raises(FloatingPointError, match="non-finite loss"):
         train_detector(_cfg("finetune.epochs=1", "finetune.lr=1.0e+30", "finetune.momentum=0.0"),
                        s["train"], None, s["cache"], s["init"], s["root"] / "nan", members=1, device="cpu")
+    run = s["root"] / "nan_epoch2"  # epoch 1 as usual, epoch 2 blows up
+    train_detector(_cfg("finetune.epochs=1"), s["train"], None, s["cache"], s["init"], run, members=1, device="cpu")
+    before = load_checkpoint(run / "train" / "member_0.pt")
+    with pytest.raises(FloatingPointError, match="non-finite loss in member 1/1 epoch 2/2"):
+        train_detector(_cfg("finetune.epochs=2", "finetune.lr=1.0e+30", "finetune.momentum=0.0"), s["train"], None,
+                       s["cache"], s["init"], run, members=1, resume=True, device="cpu")
+    after = load_checkpoint(run / "train" / "member_0.pt")
+    assert after["epoch"] == 1 and all(torch.equal(before["model"][k], after["model"][k]) for k in before["model"])
+    assert len((run / "train" / "metrics.jsonl").read_text().splitlines()) == 1
+
+
+def test_training_steps_never_wait_for_the_device(setup):
+    # The trainer reads its sums once, at the end of the epoch (the region sampling is host-side data).
+    s, cfg = setup, _cfg("finetune.epochs=2")
+    dist = DistInfo(0, 1, 0, torch.device("cpu"))
+    loader = make_loader(TrainImages(s["train"].images, s["cache"], cfg.finetune), dist, 0)
+    model, meta = member_network(s["init"], s["train"].classes, cfg.finetune, 0, dist.device)
+    state = TrainState(model, make_optimizer(model, "sgd", 0.01, 0.9, 0.0))
+    with count_host_reads(callers=("detect/finetune.py", "backbone/engine.py")) as reads:
+        stats = train_one_epoch(model, state, loader, make_schedule(cfg.finetune, 2), meta, cfg, 0, 0, dist, "t")
+    assert stats["steps"] == 2 and reads == ["tolist"]
 
 
 def test_cli_with_validation_map(setup, capsys):

@@ -121,7 +121,8 @@ def detector_data(tmp: Path, n: int) -> tuple[list, "ProposalCache"]:
 def bench_detector(args: argparse.Namespace, tmp: Path, device: torch.device) -> dict:
     """train-detector's epoch (loader workers, cached proposals, device crops) vs pre-made crops."""
     from detect.config import DetectorConfig
-    from detect.finetune import _TrainImages, make_loader, train_one_epoch
+    from backbone.engine import TrainState
+    from detect.finetune import TrainImages, make_loader, make_schedule, train_one_epoch
 
     cfg = DetectorConfig()
     ft = cfg.finetune
@@ -129,12 +130,13 @@ def bench_detector(args: argparse.Namespace, tmp: Path, device: torch.device) ->
     ft.channels_last = not args.contiguous
     records, cache = detector_data(tmp, args.steps * ft.images_per_batch)
     dist = DistInfo(0, 1, 0, device)
-    loader = make_loader(_TrainImages(records, cache.root, ft), dist, ft.workers)  # before the model, as the command
+    loader = make_loader(TrainImages(records, cache.root, ft), dist, ft.workers)  # before the model, as the command
     model = build_model("googlenet", 4, width=args.width, aux_logits=False).to(device)
     layout = torch.channels_last if ft.channels_last else torch.contiguous_format
     model = model.to(memory_format=layout)  # as train_member does
     meta = ModelMeta("googlenet", 4, ["bg", "a", "b", "c"], width=args.width, input_size=args.input_size)
     optimizer = torch.optim.SGD(model.parameters(), lr=ft.lr, momentum=ft.momentum, weight_decay=ft.weight_decay)
+    state, schedule = TrainState(model, optimizer), make_schedule(ft, args.steps)
     gen = torch.Generator().manual_seed(0)
     crops = torch.randn(args.regions, 3, args.input_size, args.input_size, generator=gen).to(device)
     crops = crops.contiguous(memory_format=layout)
@@ -143,7 +145,7 @@ def bench_detector(args: argparse.Namespace, tmp: Path, device: torch.device) ->
 
     def real() -> float:
         start = time.perf_counter()
-        r = train_one_epoch(model, optimizer, loader, meta, cfg, 0, 0, dist, "bench")
+        r = train_one_epoch(model, state, loader, schedule, meta, cfg, 0, 0, dist, "bench")
         state["regions"] = round(r["regions_per_s"] * r["seconds"])
         return time.perf_counter() - start
 
