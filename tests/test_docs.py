@@ -17,11 +17,13 @@ SPAN = re.compile(r"`([^`\n]+)`")
 # git's REV:path name other places) at a top-level folder and ends in a file extension or '/'.
 PATH = re.compile(r"(?<![\w./$:-])(?:%s)/[\w./-]*" % "|".join(TOP))
 FILE_OR_FOLDER = re.compile(r"(\.(py|yaml|md|json|txt|jpg|png|toml|sh)|/)$")
+PLACEHOLDER = re.compile(r"(^|/)[A-Z][A-Z_]+(\.|/|$)")  # tools/bench/NAME.py stands for any benchmark
 
 
 def doc_files(root: Path = ROOT) -> list[Path]:
-    """README.md and every docs/*.md page."""
-    return [root / "README.md", *sorted((root / "docs").glob("*.md"))]
+    """README.md, every docs/*.md page and the READMEs under tools/."""
+    return [root / "README.md", *sorted((root / "docs").glob("*.md")),
+            *sorted((root / "tools").rglob("README.md"))]
 
 
 def broken_links(text: str, page: Path, root: Path) -> list[str]:
@@ -41,7 +43,7 @@ def code_paths(text: str) -> list[str]:
     code = [m.group(0) for m in FENCE.finditer(text)]
     code += SPAN.findall(FENCE.sub("", text))
     found = [p.rstrip(".,") for chunk in code for p in PATH.findall(chunk)]
-    return [p for p in found if FILE_OR_FOLDER.search(p)]
+    return [p for p in found if FILE_OR_FOLDER.search(p) and not PLACEHOLDER.search(p)]
 
 
 def missing_paths(text: str, root: Path) -> list[str]:
@@ -74,11 +76,13 @@ def test_checker_accepts_folders_and_test_ids(tmp_path):
     (tmp_path / "tools" / "bench").mkdir(parents=True)
     text = ("`detect/default_model/` and `tests/test_a.py::test_one` but not `detect/nothing/`; "
             "`python tools/bench/gone.py` (its folder exists, the file does not); `detect/cli` "
-            "(a module name without an extension is not a path)")
-    assert missing_paths(text, tmp_path) == ["detect/nothing/", "tools/bench/gone.py"]
+            "(a module name without an extension is not a path); `tools/bench/NAME.py` (a "
+            "placeholder) and `examples/JPEGImages/x.jpg` (mixed case: a real name, missing)")
+    assert missing_paths(text, tmp_path) == ["detect/nothing/", "tools/bench/gone.py",
+                                             "examples/JPEGImages/x.jpg"]
 
 
-@pytest.mark.parametrize("page", doc_files(), ids=lambda p: p.name)
+@pytest.mark.parametrize("page", doc_files(), ids=lambda p: str(p.relative_to(ROOT)))
 def test_links_and_paths_in_the_docs_exist(page):
     text = page.read_text(encoding="utf-8")
     assert broken_links(text, page, ROOT) == [], f"{page.name}: links to nothing"
