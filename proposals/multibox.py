@@ -25,8 +25,6 @@ import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
-from scipy.cluster.vq import kmeans2, vq
-from scipy.optimize import linear_sum_assignment
 from torch import Tensor, nn
 from torchvision.ops import clip_boxes_to_image, nms
 
@@ -56,6 +54,8 @@ def kmeans_priors(boxes: Tensor, k: int, seed: int = 0, min_std: float = 0.01,
         priors (Tensor[K, 4]): the centroids (mu), float32.
         std (Tensor[K, 4]): per-coordinate std of each cluster's boxes (sigma), >= min_std.
     """
+    from scipy.cluster.vq import kmeans2, vq  # training only: detection need not import it (0.7 s of CPU)
+
     data = boxes.detach().cpu().double().numpy().reshape(-1, 4)
     distinct = len(np.unique(data.round(6), axis=0))
     if distinct < k:
@@ -193,6 +193,8 @@ def match(offsets: Tensor, logits: Tensor, targets: Sequence[Tensor], priors: Te
     Returns:
         Tensor[B, K] long: the ground truth index matched to each prediction, -1 for none.
     """
+    from scipy.optimize import linear_sum_assignment  # training only, as kmeans2 above
+
     b, k = logits.shape
     assigned = torch.full((b, k), -1, dtype=torch.long)
     with torch.no_grad():
