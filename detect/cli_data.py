@@ -50,7 +50,8 @@ def eval_map(data: str, split: str | None, detections: str | None, models: list[
              batch_size: int = 64, errors: bool = False, iou_threshold: float = 0.5) -> dict:
     """`detect eval --map`: evaluate a detections file (or a detector run) on a data set,
     print the per-class AP table and the mean, optionally write JSON and PR-curve PNGs.
-    `errors`: also print and report where the mAP goes (`detect.error_analysis`).
+    `errors`: also print and report where the mAP goes (`detect.error_analysis`, at the same
+    IoU threshold).
     No `detections` and no `models`: the built-in detector is run over the data set."""
     from backbone.io import atomic_write_json
     from detect.data import load_dataset
@@ -70,7 +71,7 @@ def eval_map(data: str, split: str | None, detections: str | None, models: list[
     click.echo(format_report(report))
     if errors:
         from detect.error_analysis import error_report, format_errors
-        report["errors"] = error_report(dataset, dets)
+        report["errors"] = error_report(dataset, dets, iou=iou_threshold)
         click.echo(format_errors(report["errors"]))
     if json_path:
         atomic_write_json(json_path, _json_ready(report))

@@ -56,6 +56,8 @@ def test_naming_and_top_detection_bins_by_hand():
     # a and the b in image 1 are found by no detection at IoU >= 0.5; the difficult a is left out.
     assert table.tolist() == [[0, 1, 2], [1, 0, 1]]
     assert by_size == {"0-40": [0, 2], "40-64": [0, 2], "64-100": [0, 1], "100-": [0, 0]}
+    # at IoU >= 0.1 the 0.99 b detection (IoU 0.14) finds image 1's b object and names it b
+    assert naming_table(data, detections, iou=0.1)[0].tolist() == [[0, 1, 2], [1, 1, 0]]
     kinds = top_detection_kinds(data, detections)
     # a has 3 non-difficult objects: its best three are 0.9 (tp), 0.8 (dup), 0.7 (on the b: conf)
     assert kinds["a"] == {"tp": 1, "dup": 1, "loc": 0, "conf": 1, "bg": 0}
