@@ -133,9 +133,9 @@ def prefix_accuracies(models: Sequence[tuple[nn.Module, ModelMeta]], samples: Se
 def _progress(loader: DataLoader, show: bool, crops: int):
     if not show:
         return loader
-    from tqdm import tqdm
+    from backbone.progress import progress
 
-    return tqdm(loader, desc=f"eval {crops} crop{'s' if crops > 1 else ''}", unit="batch")
+    return progress(loader, desc=f"eval {crops} crop{'s' if crops > 1 else ''}", unit="batch")
 
 
 def evaluate_accuracy(models: Sequence[tuple[nn.Module, ModelMeta]], samples: Sequence[Sample],

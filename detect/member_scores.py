@@ -8,9 +8,9 @@ from typing import Iterator, Sequence
 
 import torch
 from torch import Tensor
-from tqdm import tqdm
 
 from backbone.errors import InputError
+from backbone.progress import progress
 from detect.data import ImageRecord
 from detect.detector import Detector
 from proposals import ProposalCache
@@ -28,7 +28,7 @@ def member_probs(singles: Sequence[Detector], records: Sequence[ImageRecord], ca
     """(record, boxes [R, 4], probs [M, R, K+1]) per image: every member's softmax over the
     image's cached proposals."""
     cache = ProposalCache(cache_dir)
-    for rec in tqdm(records, desc=desc, unit="image", position=position):
+    for rec in progress(records, desc=desc, unit="image", position=position):
         cached = cache.get(rec.key)
         if cached is None:
             raise InputError(cache_dir, f"no cached proposals for image '{rec.key}' (run `detect proposals`)")

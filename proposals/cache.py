@@ -143,7 +143,7 @@ def compute_proposals(items: Sequence[tuple[str, str | Path]], config: ProposalC
         {key, path, problem} for unreadable images), boxes_per_image (of those computed now),
         seconds, images_per_s. Also written to out_dir/summary[-i-of-n].json.
     """
-    from tqdm import tqdm
+    from backbone.progress import progress as progress_bar
 
     cache = ProposalCache(out_dir)
     _check_config(cache, config)
@@ -157,7 +157,7 @@ def compute_proposals(items: Sequence[tuple[str, str | Path]], config: ProposalC
     workers = workers or os.cpu_count() or 1
     start = time.perf_counter()
     skipped, n_boxes = [], 0
-    bar = tqdm(total=len(todo), desc="proposals", unit="img", disable=not progress)
+    bar = progress_bar(total=len(todo), desc="proposals", unit="img", disable=not progress)
     for key, path, n, problem in _run(todo, config, cache.root, workers):
         if problem is not None:
             skipped.append({"key": key, "path": path, "problem": problem})
