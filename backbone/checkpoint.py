@@ -1,9 +1,9 @@
 """Training checkpoints: written atomically, read back without executing code.
 
 A checkpoint is a dict of tensors, numbers, strings, lists and dicts (model, averaged model,
-optimizer and scheduler state, epoch, step), stored with `torch.save` through a temporary
-file and read with `torch.load(weights_only=True)`. Randomness in training is derived from
-(seed, epoch, step), so resuming from a checkpoint reproduces an uninterrupted run exactly.
+optimizer state, epochs done: `backbone.engine.save_state`), stored with `torch.save` through a
+temporary file and read with `torch.load(weights_only=True)`. Randomness in training is derived
+from (seed, epoch, step), so resuming from a checkpoint reproduces an uninterrupted run exactly.
 """
 from __future__ import annotations
 
@@ -29,10 +29,3 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     except Exception as e:  # torch raises many types for a corrupt file
         raise InputError(path, f"cannot read checkpoint: {e}") from None
 
-
-def check_finite_loss(loss: torch.Tensor, epoch: int, step: int) -> None:
-    """Stop training with a clear message on a NaN or infinite loss."""
-    if not torch.isfinite(loss).all():
-        raise FloatingPointError(
-            f"non-finite loss ({loss.item()}) at epoch {epoch}, step {step}; "
-            "the last good checkpoint is kept (lower the learning rate and --resume)")
