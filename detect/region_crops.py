@@ -36,6 +36,7 @@ run continues where it stopped (finished images are kept, the unfinished one is 
 from __future__ import annotations
 
 import io
+import os
 import time
 import zlib
 from dataclasses import dataclass
@@ -51,7 +52,7 @@ from torchvision.ops import box_iou
 from backbone.config import config_to_dict, read_yaml
 from backbone.crops import PAPER_SIZE, SINGLE_SCALE
 from backbone.errors import InputError
-from backbone.io import atomic_write_bytes, atomic_write_json, atomic_write_text, load_image, read_json
+from backbone.io import atomic_write_json, atomic_write_text, load_image, read_json
 from backbone.models import IMAGENET_MEAN
 from backbone.pool import process_map
 from detect.data import DetectionDataset, ImageRecord, load_dataset
@@ -173,12 +174,22 @@ def crop_boxes(task: CropTask, settings: CropSettings) -> list[tuple[str, str, T
 
 
 def png_bytes(pixels: np.ndarray) -> bytes:
-    """uint8 [S, S, 3] as PNG bytes (deterministic: the same pixels give the same bytes)."""
+    """uint8 [S, S, 3] as PNG bytes (deterministic: the same pixels give the same bytes).
+    zlib level 1: half the time of the default 6 for files 1% larger (128 px photo crops)."""
     from PIL import Image
 
     buffer = io.BytesIO()
-    Image.fromarray(pixels).save(buffer, format="PNG")
+    Image.fromarray(pixels).save(buffer, format="PNG", compress_level=1)
     return buffer.getvalue()
+
+
+def write_crop(path: Path, data: bytes) -> None:
+    """`data` into `path` by a temporary file and a rename, so a killed run never leaves a
+    half-written crop under its name. No fsync (14 ms a file here, more than cutting it): the
+    image's done entry, written after its crops, is what a rerun trusts."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
 
 
 class CropFolder:
@@ -201,7 +212,7 @@ class CropFolder:
             pixels = cut_crops(load_image(task.path), torch.stack([b for _, _, b in plan]),
                                settings.size, settings.context_pad)
             for (name, file, _), crop in zip(plan, pixels):
-                atomic_write_bytes(self.root / task.split / folder_name(name) / file, png_bytes(crop))
+                write_crop(self.root / task.split / folder_name(name) / file, png_bytes(crop))
                 counts[name] = counts.get(name, 0) + 1
         atomic_write_json(self.done_path(task.split, task.key), {"key": task.key, "crops": counts})
         return counts
