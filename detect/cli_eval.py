@@ -20,7 +20,9 @@ from backbone.errors import InputError
               help="--accuracy: a folder of class folders (or ILSVRC val layout); --map/--recall: a detection data set.")
 @click.option("--split", default=None, help="Split of a VOC/ILSVRC data set (ImageSets/Main/SPLIT.txt).")
 @click.option("--model", "models", multiple=True, type=click.Path(exists=True),
-              help="A run folder; repeat for an ensemble (--accuracy). With --map: a detector run to evaluate.")
+              help="A run folder; repeat for an ensemble (--accuracy). With --map: a detector run to evaluate "
+                   "(default: the built-in model); --box-accuracy: classifier or detector runs (default: the "
+                   "built-in model's members).")
 @click.option("--crops", type=click.Choice(["1", "10", "144"]), default="1", show_default=True,
               help="--accuracy: test crops per image (paper section 7).")
 @click.option("--table", is_flag=True, help="--accuracy: print the paper's Table 3 layout (models x crops).")
@@ -40,8 +42,10 @@ from backbone.errors import InputError
               help="--map: also show where the mAP goes: per class the objects found, named correctly and "
                    "confused with which class, and its top detections' kinds (tp, dup, loc, conf, bg).")
 @click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:1 or auto.")
-@click.option("--batch-size", default=64, show_default=True, help="Images (crops) per forward pass.")
-@click.option("--workers", default=2, show_default=True, help="Data loading worker processes.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True,
+              help="Images (crops) per forward pass.")
+@click.option("--workers", type=click.IntRange(min=0), default=2, show_default=True,
+              help="Data loading worker processes (0: load in the main process).")
 def eval_command(mode, data, split, models, crops, table, detections, protocol, iou_threshold, proposals_path,
                  json_path, plots, errors, device, batch_size, workers) -> None:
     """Measure a classifier (--accuracy), a detector (--map, --box-accuracy) or proposals (--recall)."""
@@ -53,8 +57,6 @@ def eval_command(mode, data, split, models, crops, table, detections, protocol, 
                       json_path=json_path, device=device, batch_size=batch_size, workers=workers)
     elif mode == "map":
         from detect.cli_data import eval_map
-        if detections is None and not models:
-            raise InputError(None, "--map needs --detections FILE or --model RUN")
         if iou_threshold is not None and not protocol.startswith("voc"):
             raise click.UsageError(f"--iou applies to the VOC protocols only, not to {protocol}")
         eval_map(data=data, split=split, detections=detections, models=list(models),
@@ -69,7 +71,8 @@ def eval_command(mode, data, split, models, crops, table, detections, protocol, 
     elif mode == "box-accuracy":
         from detect.error_analysis import eval_box_accuracy
         if not models:
-            raise InputError(None, "--box-accuracy needs at least one --model RUN")
+            from detect.detector import DEFAULT_MODEL_DIR
+            models = (str(DEFAULT_MODEL_DIR),)
         eval_box_accuracy(data=data, split=split, models=list(models), json_path=json_path, device=device)
     else:
         raise click.UsageError("choose one of --accuracy, --map, --recall, --box-accuracy")
