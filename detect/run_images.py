@@ -13,7 +13,7 @@ import json
 import shutil
 import time
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 import torch
 from torch import Tensor
@@ -51,12 +51,10 @@ def detect_image(detector: Detector, path: str | Path, out_dir: str | Path,
     scores = detector.score_regions(pixels, boxes)   # Tensor[N, K+1]: the members' mean softmax
     dets = detector.select(boxes, scores)            # per-class NMS: D detections
     save_detections_png(out / f"{path.stem}.png", pixels, dets, detector.classes)
-    stages = {k: round(v - before[k], 3) for k, v in detector.timings.items()}
-    rec = _new_record(0, path, path.stem, pixels.shape, dets, stages)
+    stages = _stage_seconds(detector, before)
     echo(_summary_line(path, dets, detector.classes, time.perf_counter() - start, stages))
-    summary = _new_summary()
-    _write_results(out, [rec], detector.classes, summary)
-    return summary
+    rec = _new_record(0, path, path.stem, pixels.shape, dets, stages)
+    return _write_results(out, [rec], detector.classes, _new_summary())
 
 
 def detect_images(detector: Detector, paths: Sequence[str | Path], out_dir: str | Path,
@@ -101,26 +99,42 @@ def detect_images(detector: Detector, paths: Sequence[str | Path], out_dir: str 
         for pos, path, rec in tqdm(list(zip(positions, paths, records)), desc="detect", unit="image",
                                    disable=not progress):
             if rec is None:
-                start, before = time.perf_counter(), dict(detector.timings)
-                boxes = next(stream)
-                try:
-                    pixels = load_image(path)
-                except InputError as e:
-                    summary["skipped"].append({"file": str(path), "error": e.problem, "index": pos})
-                    say(f"skipped {path}: {e.problem}")
+                rec = _detect_listed(detector, pos, path, stream, used, out, say, summary["skipped"])
+                if rec is None:
                     continue
-                dets = detector.detect(pixels, boxes)
-                stages = {k: round(v - before[k], 3) for k, v in detector.timings.items()}
-                rec = _new_record(pos, path, _unique_name(path.stem, used), pixels.shape, dets, stages)
-                save_detections_png(out / f"{rec['png']}", pixels, dets, detector.classes)
-                atomic_write_json(store / f"{pos}.json", rec, indent=None)
-                say(_summary_line(path, dets, detector.classes, time.perf_counter() - start, stages))
+                atomic_write_json(store / f"{pos}.json", rec, indent=None)  # after its PNG
             used.add(rec["png"][:-len(".png")])
             done.append(rec)
     finally:
         stream.close()  # stops the proposal workers
         _write_results(out, done, detector.classes, summary)
     return summary
+
+
+def _detect_listed(detector: Detector, pos: int, path: Path, stream: Iterator[Tensor | None], used: set[str],
+                   out: Path, say: Callable[[str], None], skipped: list[dict]) -> dict | None:
+    """Detect in image `pos` of a list, its proposals the next of `stream` (None: proposed
+    here); draw OUT/<name>.png, the name the file's stem made unique among `used`. Returns its
+    record, or None if it cannot be read (then listed in `skipped`)."""
+    start, before = time.perf_counter(), dict(detector.timings)
+    boxes = next(stream)
+    try:
+        pixels = load_image(path)
+    except InputError as e:
+        skipped.append({"file": str(path), "error": e.problem, "index": pos})
+        say(f"skipped {path}: {e.problem}")
+        return None
+    dets = detector.detect(pixels, boxes)
+    stages = _stage_seconds(detector, before)
+    name = _unique_name(path.stem, used)
+    save_detections_png(out / f"{name}.png", pixels, dets, detector.classes)
+    say(_summary_line(path, dets, detector.classes, time.perf_counter() - start, stages))
+    return _new_record(pos, path, name, pixels.shape, dets, stages)
+
+
+def _stage_seconds(detector: Detector, before: dict[str, float]) -> dict[str, float]:
+    """Seconds each stage took since `before` (a copy of `detector.timings`)."""
+    return {k: round(v - before[k], 3) for k, v in detector.timings.items()}
 
 
 def _fingerprint(detector: Detector) -> str:
@@ -196,8 +210,9 @@ def _summary_line(path: Path, dets: dict[str, Tensor], classes: list[str], secon
     return f"{path}: {len(dets['scores'])} detections ({best}{more}) in {seconds:.1f} s ({split})"
 
 
-def _write_results(out: Path, done: list[dict], classes: list[str], summary: dict) -> None:
-    """detections.json over the finished images (ids 0.. in order) and run.json."""
+def _write_results(out: Path, done: list[dict], classes: list[str], summary: dict) -> dict:
+    """detections.json over the finished images (ids 0.. in order) and run.json: `summary`
+    with the images added, which is returned."""
     entries = []
     for image_id, rec in enumerate(done):
         dets = {"boxes": torch.tensor(rec["boxes"], dtype=torch.float32).reshape(-1, 4),
@@ -210,3 +225,4 @@ def _write_results(out: Path, done: list[dict], classes: list[str], summary: dic
                                   "index": rec["index"]})
     atomic_write_json(out / "detections.json", entries, indent=None)
     atomic_write_json(out / "run.json", summary)
+    return summary

@@ -77,3 +77,24 @@ def test_run_single_image_ok_and_bad_model(run_dir, tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["run", "--model", str(run_dir)])
     assert exit_info.value.code == 2 and "no images" in capsys.readouterr().err
+
+
+def test_one_image_goes_straight_through_and_matches_the_batch_path(run_dir, tmp_path, capsys):
+    """`--image X` alone: no resume store, same detections.json, PNG and run.json images as X in a
+    batch (here X twice, so that the batch path is taken)."""
+    path = tmp_path / "one.png"
+    Image.fromarray(scene(3)).save(path)
+    args = ["--model", str(run_dir), "--device", "cpu", "--score-threshold", "0.01", *FAST_PROPOSALS]
+    main(["run", "--image", str(path), "--out", str(tmp_path / "single"), *args])
+    main(["run", "--image", str(path), "--image", str(path), "--out", str(tmp_path / "batch"), *args])
+    single, batch = tmp_path / "single", tmp_path / "batch"
+    assert not (single / ".per_image").exists() and (batch / ".per_image").is_dir()
+    entries = json.loads((single / "detections.json").read_text())
+    twice = json.loads((batch / "detections.json").read_text())
+    assert entries and entries == [e for e in twice if e["image_id"] == 0]
+    assert [e["file_name"] for e in twice if e["image_id"] == 1] == ["one_1"] * len(entries)
+    first = json.loads((batch / "run.json").read_text())["images"][0]
+    only = json.loads((single / "run.json").read_text())["images"]
+    assert [{k: v for k, v in i.items() if k != "seconds"} for i in only] == [{k: v for k, v in first.items()
+                                                                               if k != "seconds"}]
+    assert np.array_equal(np.asarray(Image.open(single / "one.png")), np.asarray(Image.open(batch / "one.png")))
