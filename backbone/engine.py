@@ -21,7 +21,7 @@ epoch loop as a plain for-loop over these parts:
   is due and at the end of the epoch, never per batch; the non-finite-loss guard.
 - `start_run`, `trim_log`, `log_epoch`: the run folder and its `metrics.jsonl`.
 
-Shapes: P parameters of a model; V statistics a trainer sums per step.
+Shapes: V, the statistics a trainer sums per step (`Meter`: the loss first).
 """
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ import copy
 import json
 import math
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,7 +45,7 @@ from backbone.checkpoint import load_checkpoint, save_checkpoint
 from backbone.config import save_config
 from backbone.data import derive_seed
 from backbone.errors import InputError
-from backbone.io import append_jsonl
+from backbone.io import append_jsonl, atomic_write_text
 
 OPTIMIZERS = {  # name -> (parameter groups, lr, momentum) -> optimizer
     "sgd": lambda groups, lr, momentum: torch.optim.SGD(groups, lr=lr, momentum=momentum),
@@ -94,7 +94,8 @@ class Schedule:
 
     def rate(self, step: int) -> float:
         """The rate of global step `step` (0-based, counted from the start of the run)."""
-        epoch, n = step // self.steps_per_epoch, self.steps_per_epoch
+        n = max(self.steps_per_epoch, 1)
+        epoch = step // n
         if self.kind == "cosine":
             lr = self.lr * 0.5 * (1.0 + math.cos(math.pi * min(step / (n * max(self.epochs, 1)), 1.0)))
         else:
@@ -303,8 +304,8 @@ def start_run(folder: Path, held: bool, resume: bool, cfg: object, config_path: 
 
 
 def trim_log(path: Path, epochs_done: int, **match) -> None:
-    """On resume, drop the log lines (of the records equal to `match` on its keys) of epochs
-    after the checkpoint: they will be run again."""
+    """Drop the log lines (of the records equal to `match` on its keys) of epochs after the
+    checkpoint (all of them for a fresh start): they will be run again. Rewritten atomically."""
     if not path.is_file():
         return
     lines = [ln for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
@@ -312,7 +313,7 @@ def trim_log(path: Path, epochs_done: int, **match) -> None:
     def keep(record: dict) -> bool:
         return record.get("epoch", 0) <= epochs_done or any(record.get(k) != v for k, v in match.items())
 
-    path.write_text("".join(ln + "\n" for ln in lines if keep(json.loads(ln))), encoding="utf-8")
+    atomic_write_text(path, "".join(ln + "\n" for ln in lines if keep(json.loads(ln))))
 
 
 def format_record(record: dict) -> str:
@@ -324,6 +325,3 @@ def log_epoch(path: Path, record: dict) -> None:
     append_jsonl(path, record)
     tqdm.write(format_record(record))
 
-
-def mean(sums: Sequence[float], count: int) -> list[float]:
-    return [s / max(count, 1) for s in sums]

@@ -233,11 +233,10 @@ def _train(cfg: ClassifierConfig, data_dir: Path, out_dir: Path, resume: bool, i
     classes, train_loader, val_loader = build_loaders(cfg, data_dir, info)
     start_run(out_dir, ckpt_path.exists(), resume, cfg, out_dir / CONFIG_FILE, info.is_main)
     state = build_state(_network(cfg, len(classes), info.device), t, info.device)
-    if resume and ckpt_path.exists():
-        if load_state(ckpt_path, state).get("classes") != classes:
-            raise InputError(ckpt_path, "checkpoint classes differ from the data's classes")
-        if info.is_main:
-            trim_log(log_path, state.epoch)
+    if resume and ckpt_path.exists() and load_state(ckpt_path, state).get("classes") != classes:
+        raise InputError(ckpt_path, "checkpoint classes differ from the data's classes")
+    if info.is_main:
+        trim_log(log_path, state.epoch)  # lines of epochs that will run again
     net, schedule = wrap_ddp(state.model, info), make_schedule(t, len(train_loader))
     meta = ModelMeta(cfg.model.arch, len(classes), classes, cfg.model.width, cfg.model.input_size,
                      tuple(cfg.model.mean), tuple(cfg.model.std), {"task": "classification"})

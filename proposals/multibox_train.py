@@ -272,8 +272,8 @@ def _train(cfg: MultiBoxConfig, samples: list[Sample], val_samples: list[Sample]
     state = TrainState(net, make_optimizer(net, t.optimizer, t.lr, t.momentum, t.weight_decay))
     if resume_from is not None:
         load_state(resume_from, state)
-        if info.is_main:
-            trim_log(log_path, state.epoch)
+    if info.is_main:
+        trim_log(log_path, state.epoch)  # lines of epochs that will run again
     loader, sampler = make_loader(BoxImages(samples, meta.input_size), t, info)
     schedule = Schedule(t.lr, t.epochs, len(loader), "cosine", warmup_epochs=t.warmup_epochs)
     model = wrap_ddp(net, info)

@@ -146,3 +146,4 @@ def test_train_multibox_killed_and_resumed_matches_uninterrupted(tmp_path, one_t
     assert_same_tensors(a["model"], b["model"], note)
     assert_same_tensors(load_weights(tmp_path / "straight" / "model.safetensors"),
                         load_weights(tmp_path / "killed" / "model.safetensors"), note)
+    assert epochs_logged(tmp_path / "killed") == 4, note  # the epoch cut short is logged once
