@@ -82,7 +82,7 @@ class TrainConfig:
     weight_decay: float = 2e-4  # L2 on weights, not biases (Caffe reference: 2e-4)
     lr_gamma: float = 0.96  # learning-rate factor applied every lr_step_epochs (paper: 0.96)
     lr_step_epochs: int = 8  # epochs between learning-rate decreases (paper: 8)
-    warmup_epochs: float = 0.0  # linear learning-rate ramp from 0 over this many epochs
+    warmup_epochs: float = 0.0  # linear learning-rate ramp over this many epochs (step i: (i + 1) / ramp steps)
     aux_weight: float = 0.3  # weight of each auxiliary classifier's loss (paper: 0.3)
     label_smoothing: float = 0.0  # target mass spread over all classes (paper: none; Inception v3: 0.1)
     ema_decay: float = 0.9999  # Polyak averaging: per-step decay of the weight average
