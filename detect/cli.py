@@ -42,7 +42,8 @@ EXAMPLES = {
 
 
 def package_version() -> str:
-    """The installed distribution's version (pyproject.toml), or "unknown" in a bare checkout."""
+    """The installed distribution's version (pyproject.toml), or "unknown" in a bare checkout.
+    Read only when asked for: importlib.metadata costs `detect --help` about 0.05 s."""
     from importlib.metadata import PackageNotFoundError, version
 
     try:
@@ -52,18 +53,20 @@ def package_version() -> str:
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
-@click.version_option(package_version(), "--version", prog_name="detect", message="%(prog)s %(version)s")
+@click.option("--version", is_flag=True, expose_value=False, is_eager=True, help="Show the version and exit.",
+              callback=lambda ctx, _, value: value and (click.echo(f"detect {package_version()}"), ctx.exit()))
 def cli() -> None:
     """GoogLeNet (Szegedy et al. 2014) and its R-CNN style detector.
 
     \b
     Typical pipeline:
       detect train-classifier --data IMAGENET_DIR --config configs/imagenet_googlenet.yaml --out runs/cls
-      detect train-multibox   --data DATASET --config configs/... --out runs/multibox
-      detect proposals        --data DATASET --config configs/... --out runs/proposals
+      detect train-multibox   --data DATASET --config configs/demo_multibox.yaml --out runs/multibox
+      detect proposals        --data DATASET --config configs/demo_proposals.yaml --out runs/proposals
       detect train-detector   --data DATASET --proposals runs/proposals --init runs/cls --out runs/det
       detect eval --map       --data DATASET --model runs/det --protocol ilsvrc
-      detect run --image photo.jpg --model runs/det
+      detect run --images photos/ --model runs/det --out runs/detect
+    Without --model, `run` and `eval --map` use the built-in demo detector (detect/default_model/).
 
     \b
     Environment:
