@@ -29,6 +29,16 @@ class InferenceConfig:
     mirror: bool = False  # also score every region mirrored and average the two softmaxes (2x the network time)
 
 
+MODES = ("rcnn", "shared")
+
+
+@dataclass
+class SharedConfig:
+    short_side: int = 600  # shared mode: the image's shorter side scaled to this (Fast R-CNN: 600; 0 = as it is)
+    max_side: int = 1000  # ... its longer side at most this (Fast R-CNN: 1000; 0 = no cap)
+    sampling_ratio: int = 0  # roi_align samples per cell and axis (0 = adaptive; 0 and 1 exact at the member's scale)
+
+
 @dataclass
 class FinetuneConfig:
     epochs: int = 2  # passes over the training images
@@ -60,7 +70,9 @@ class FinetuneConfig:
 
 @dataclass
 class DetectorConfig:
+    mode: str = "rcnn"  # "rcnn": every region warped and run through the network; "shared": one trunk pass an image (Fast R-CNN)
     proposals: ProposalConfig = field(default_factory=ProposalConfig)  # where the regions come from
     regions: RegionConfig = field(default_factory=RegionConfig)  # how a region is cropped
     inference: InferenceConfig = field(default_factory=InferenceConfig)  # scoring and NMS at test time
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)  # R-CNN fine-tuning of the members
+    shared: SharedConfig = field(default_factory=SharedConfig)  # the shared mode's image scale and pooling (detect.shared_mode)
