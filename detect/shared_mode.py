@@ -21,10 +21,11 @@ padding shift it). `region_rois` places each region's n x n roi_align samples ex
 member's own 4e cells would sit over the R-CNN warp of that region (context padding included):
 at the member's input scale a region then gets the member's own features, so a box covering a
 whole S x S image (S a multiple of 16) reproduces the classifier's forward pass within float
-rounding (tests/detect/test_shared_mode.py). roi_align uses aligned=True; `sampling_ratio` 1 is
-one bilinear sample per cell (as the R-CNN warp samples pixels), 0 (adaptive) averages
-ceil(region / S) samples per cell and axis for regions larger than the input (an area resize of
-the features); both are exact at the member's scale, where one sample falls on each cell.
+rounding (tests/detect/test_shared_mode.py). roi_align uses aligned=True; `sampling_ratio` 0
+(adaptive, the default) averages ceil(region / S) bilinear samples per cell and axis, an area
+resize of the features for regions larger than the member's input (1 would keep one sample per
+bin and skip most of a large region's cells); both are exact at the member's scale, where one
+sample falls on each cell (2 is not: its samples sit between the cells).
 
 Mirroring (inference.mirror): each member also runs the trunk on the mirrored image and scores
 the mirrored boxes there -- the same function as the R-CNN mode's mirrored crop, since a
@@ -36,13 +37,16 @@ import contextlib
 import math
 from typing import Callable, Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.ops import roi_align
 
 from backbone.googlenet import GoogLeNet
-from detect.regions import dilate_boxes, scaled_context_pad
+from backbone.models import ModelMeta
+from detect.config import DetectorConfig
+from detect.regions import dilate_boxes, scaled_context_pad, to_tensor
 
 STRIDE = 16  # input pixels per cell of inception 4e
 FIRST_CENTRE = 14.5  # centre of 4e's cell 0 in input pixels (continuous; pixel i covers [i, i + 1))
@@ -76,6 +80,11 @@ def image_scale(height: int, width: int, short_side: int, max_side: int = 0) -> 
     return scale
 
 
+def scaled_size(height: int, width: int, scale: float) -> tuple[int, int]:
+    """The trunk's input size for an H x W image at `scale`, rounded to whole pixels."""
+    return max(1, round(height * scale)), max(1, round(width * scale))
+
+
 def trunk_features(model: nn.Module, images: Tensor, scale: float = 1.0) -> tuple[Tensor, tuple[float, float]]:
     """Inception 4e's map of normalised images scaled by `scale`.
 
@@ -84,7 +93,7 @@ def trunk_features(model: nn.Module, images: Tensor, scale: float = 1.0) -> tupl
     """
     net = check_member(model)
     height, width = images.shape[-2:]
-    size = (max(1, round(height * scale)), max(1, round(width * scale)))
+    size = scaled_size(height, width, scale)
     if size != (height, width):
         images = F.interpolate(images, size=size, mode="bilinear", align_corners=False,
                                antialias=scale < 1.0)
@@ -113,7 +122,7 @@ def region_rois(boxes: Tensor, scales: tuple[float, float], input_size: int, con
     return torch.cat([a, a + extent * (STRIDE * n / input_size)], dim=1)
 
 
-def pool_regions(features: Tensor, rois: Tensor, grid: int, sampling_ratio: int = 1) -> Tensor:
+def pool_regions(features: Tensor, rois: Tensor, grid: int, sampling_ratio: int = 0) -> Tensor:
     """Each roi's features on a grid x grid: Tensor[C, h, w] map, rois (Tensor[R, 4]) in
     scaled-image pixels -> Tensor[R, C, grid, grid] (zero where a sample is over a cell
     outside the map, as roi_align)."""
@@ -131,7 +140,7 @@ def region_head(model: nn.Module, pooled: Tensor) -> Tensor:
 
 def member_probabilities(model: nn.Module, image: Tensor, boxes: Tensor, input_size: int, *,
                          scale: float = 1.0, context_pad: int = 16, batch_size: int = 256,
-                         sampling_ratio: int = 1, mirror: bool = False,
+                         sampling_ratio: int = 0, mirror: bool = False,
                          autocast: Callable[[], object] | None = None, channels_last: bool = False) -> Tensor:
     """Sum over views (1, or 2 with `mirror`) of one member's softmax for every region.
 
@@ -192,6 +201,30 @@ def ensemble_scores(members: Sequence[nn.Module], input_sizes: Sequence[int], im
         total = probs if total is None else total + probs
     views = len(members) * (2 if options.get("mirror") else 1)
     return (total / views).cpu()
+
+
+def score_members(members: Sequence[tuple[nn.Module, ModelMeta]], pixels: np.ndarray, boxes: Tensor,
+                  config: DetectorConfig, dtype: torch.dtype | None = None) -> Tensor:
+    """`Detector.score_regions` in the shared mode: the members' mean softmax, Tensor[R, K+1] on the CPU.
+
+    members: (model, meta) pairs on one device; pixels: uint8 RGB [H, W, 3]; boxes (Tensor[R, 4]);
+    config: the detector's (regions, inference and shared sections); dtype: autocast dtype or None.
+    """
+    device = next(members[0][0].parameters()).device
+    height, width = pixels.shape[:2]
+    scale = image_scale(height, width, config.shared.short_side, config.shared.max_side)
+    normalised: dict[tuple, Tensor] = {}  # one normalised copy per distinct mean/std
+    for _, meta in members:
+        key = (tuple(meta.mean), tuple(meta.std))
+        if key not in normalised:
+            normalised[key] = to_tensor(pixels, meta.mean, meta.std, device)
+    inf = config.inference
+    autocast = (lambda: torch.autocast(device.type, dtype=dtype)) if dtype is not None else None
+    return ensemble_scores([m for m, _ in members], [config.regions.crop_size or meta.input_size for _, meta in members],
+                           [normalised[(tuple(meta.mean), tuple(meta.std))] for _, meta in members], boxes,
+                           scale=scale, context_pad=config.regions.context_pad, batch_size=inf.batch_size or 256,
+                           sampling_ratio=config.shared.sampling_ratio, mirror=inf.mirror, autocast=autocast,
+                           channels_last=inf.channels_last)
 
 
 # ---- counting the work ---------------------------------------------------------------------------

@@ -1,0 +1,159 @@
+"""Fast R-CNN fine-tuning of a shared-mode member (`detect train-detector` with `mode: shared`).
+
+Shapes: B images in a step, R regions of a step (n per image), K foreground classes (K+1 outputs).
+
+Everything but the step is the R-CNN trainer's (`detect.finetune`): the members start from the
+same classifier runs (`--init`), the same loader, checks, schedule, checkpoints (resume), torchrun
+and per-epoch validation (the one-member Detector runs in the shared mode, as the run will). What
+differs is Fast R-CNN's mini-batch (Girshick 2015, section 2.3):
+
+- a few images a step (finetune.images_per_batch, Fast R-CNN: 2), each contributing the same
+  number of regions (batch_regions / images_per_batch, Fast R-CNN: 64), a quarter of them
+  foreground (fg_per_batch; IoU >= fg_iou) and the rest background (IoU in [bg_iou_low,
+  bg_iou_high), Fast R-CNN: [0.1, 0.5)) -- `detect.sampling` draws them as for R-CNN;
+- each image mirrored as a whole with probability 1/2 (finetune.mirror), its regions with it;
+- the step runs the trunk (stem .. 4e) once per image, at the shared mode's scale, pools its
+  regions (`detect.shared_mode`) and runs pool4 .. classifier on all of them: the gradient of
+  every region flows back into the one shared map of its image.
+
+The loss is the log loss over K+1 classes (no box regression: the paper's detector had none).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from backbone.config import config_to_dict
+from backbone.distributed import DistInfo, barrier
+from backbone.engine import Meter, Schedule, TrainState, load_state, log_epoch, make_optimizer, save_state, set_lr, \
+    trim_log, wrap_ddp
+from backbone.errors import InputError
+from backbone.models import ModelMeta
+from detect.config import MODES, DetectorConfig
+from detect.data import DetectionDataset
+from detect.finetune import LOG_FILE, make_schedule, member_network, validate
+from detect.regions import to_tensor
+from detect.sampling import SEED_DROPOUT, epoch_batches, mix_seed, sample_minibatch
+from detect.shared_mode import check_member, grid_size, image_scale, pool_regions, region_head, region_rois, \
+    scaled_size, trunk_features
+from proposals import ProposalCache
+
+SEED_IMAGE_FLIP = 4  # the random stream of the whole-image flips, beside detect.sampling's SEED_* streams
+
+
+def check_mode(cfg: DetectorConfig) -> None:
+    """InputError on an unknown `mode`."""
+    if cfg.mode not in MODES:
+        raise InputError(None, f"mode must be one of {', '.join(MODES)}, got '{cfg.mode}'")
+
+
+class SharedNet(nn.Module):
+    """A member's network in the shared mode, as one module so that DistributedDataParallel sees
+    one forward pass: images and their regions in, logits of every region out."""
+
+    def __init__(self, net: nn.Module, input_size: int, sampling_ratio: int, channels_last: bool = False):
+        super().__init__()
+        self.net = check_member(net)
+        self.input_size, self.grid, self.sampling_ratio = input_size, grid_size(input_size), sampling_ratio
+        self.layout = torch.channels_last if channels_last else torch.contiguous_format
+
+    def forward(self, images: list[Tensor], rois: list[Tensor], scales: list[float]) -> Tensor:
+        """images: B normalised Tensor[3, H, W]; rois: B Tensor[n, 4] (`region_rois`, in
+        the scaled images' pixels); scales: B trunk scales. Returns logits Tensor[R, K+1]."""
+        pooled = []
+        for image, boxes, scale in zip(images, rois, scales):
+            features, _ = trunk_features(self.net, image.unsqueeze(0).contiguous(memory_format=self.layout), scale)
+            pooled.append(pool_regions(features[0], boxes, self.grid, self.sampling_ratio))
+        return region_head(self.net, torch.cat(pooled))
+
+
+def step_inputs(decoded: list, group: list[int], cfg: DetectorConfig, meta: ModelMeta, seed: int, epoch: int,
+                step: int, dist: DistInfo) -> tuple[list[Tensor], list[Tensor], list[float], Tensor]:
+    """This process's images, rois, scales and region labels (Tensor[R]) of one step."""
+    ft, size = cfg.finetune, cfg.regions.crop_size or meta.input_size
+    mine = list(range(dist.rank, len(group), dist.world_size))  # as EpochSteps shares them
+    samples = sample_minibatch({i: r for i, _, r in decoded}, group, ft.batch_regions, ft.fg_per_batch,
+                               False, seed, epoch, step, positions=mine)
+    pixels = {i: img for i, img, _ in decoded}
+    images, rois, scales, labels = [], [], [], []
+    for pos, sample in zip(mine, samples):
+        x = to_tensor(pixels[sample.image].numpy(), meta.mean, meta.std, dist.device)
+        boxes = sample.boxes
+        g = torch.Generator().manual_seed(mix_seed(seed, epoch, step, SEED_IMAGE_FLIP, pos))
+        if ft.mirror and torch.rand(1, generator=g).item() < 0.5:  # the whole image and its regions
+            x, width = x.flip(-1), x.shape[-1]
+            boxes = torch.stack([width - boxes[:, 2], boxes[:, 1], width - boxes[:, 0], boxes[:, 3]], 1)
+        height, width = x.shape[-2:]
+        scale = image_scale(height, width, cfg.shared.short_side, cfg.shared.max_side)
+        size_hw = scaled_size(height, width, scale)
+        rois.append(region_rois(boxes.to(dist.device), (size_hw[0] / height, size_hw[1] / width), size,
+                                cfg.regions.context_pad))
+        images.append(x)
+        scales.append(scale)
+        labels.append(sample.labels)
+    y = torch.cat(labels).to(dist.device) if labels else torch.zeros(0, dtype=torch.int64, device=dist.device)
+    return images, rois, scales, y
+
+
+def train_one_epoch(net: nn.Module, state: TrainState, loader: torch.utils.data.DataLoader, schedule: Schedule,
+                    meta: ModelMeta, cfg: DetectorConfig, seed: int, epoch: int, dist: DistInfo, desc: str) -> dict:
+    """One pass of `net` (SharedNet, or its DDP wrapper) over the training images; mean loss,
+    accuracies and regions/s as the R-CNN trainer reports them."""
+    ft = cfg.finetune
+    loader.batch_sampler.set_epoch(seed, epoch)
+    steps = loader.batch_sampler.steps
+    amp = dist.device.type == "cuda" and ft.amp
+    net.train()
+    meter = Meter(dist.device, 4, len(steps), desc, dist.is_main)  # loss, correct, fg, fg correct
+    for step, decoded in enumerate(loader):
+        lr = schedule.rate(epoch * len(steps) + step)
+        set_lr(state.optimizer, lr)
+        images, rois, scales, y = step_inputs(decoded, steps[step], cfg, meta, seed, epoch, step, dist)
+        if not images:  # no labelled region in this process's images
+            continue
+        torch.manual_seed(mix_seed(seed, epoch, step, SEED_DROPOUT, dist.rank))
+        with torch.autocast(dist.device.type, dtype=torch.bfloat16, enabled=amp):
+            logits = net(images, rois, scales)
+        loss_sum = F.cross_entropy(logits.float(), y, reduction="sum")
+        state.step(loss_sum * (dist.world_size / ft.batch_regions))  # the mean over the whole batch
+        correct, fg = logits.detach().argmax(1) == y, y > 0
+        meter.add(len(y), torch.stack([loss_sum.detach(), correct.sum().float(), fg.sum().float(),
+                                       (correct & fg).sum().float()]), lr)
+    (loss, correct, fg, fg_correct), regions, seconds = meter.result()
+    return {"loss": loss / max(regions, 1), "accuracy": correct / max(regions, 1),
+            "fg_accuracy": fg_correct / max(fg, 1.0), "regions_per_s": regions / seconds, "steps": len(steps),
+            "seconds": seconds}
+
+
+def train_member(index: int, init_run: str | Path, classes: list[str], loader: torch.utils.data.DataLoader,
+                 cfg: DetectorConfig, out_dir: Path, val: tuple[DetectionDataset, ProposalCache] | None,
+                 resume: bool, dist: DistInfo) -> tuple[nn.Module, ModelMeta]:
+    """Fine-tune member `index` in the shared mode for cfg.finetune.epochs, checkpointing each
+    epoch (the same checkpoints, log and validation as `detect.finetune.train_member`)."""
+    ft, seed = cfg.finetune, cfg.finetune.seed + index
+    model, meta = member_network(init_run, classes, ft, seed, dist.device)
+    meta.extra["mode"] = "shared"
+    state = TrainState(model, make_optimizer(model, ft.optimizer, ft.lr, ft.momentum, ft.weight_decay))
+    ckpt_path, log_path = out_dir / "train" / f"member_{index}.pt", out_dir / "train" / LOG_FILE
+    if resume and ckpt_path.is_file():
+        load_state(ckpt_path, state)
+    if dist.is_main:
+        trim_log(log_path, state.epoch, member=index)
+    shared = SharedNet(model, cfg.regions.crop_size or meta.input_size, cfg.shared.sampling_ratio, ft.channels_last)
+    net = wrap_ddp(shared, dist)
+    schedule = make_schedule(ft, len(epoch_batches(len(loader.dataset), ft.images_per_batch, seed, 0)))
+    for epoch in range(state.epoch, ft.epochs):
+        desc = f"member {index + 1}/{ft.members} (shared) epoch {epoch + 1}/{ft.epochs}"
+        record = train_one_epoch(net, state, loader, schedule, meta, cfg, seed, epoch, dist, desc)
+        record = {"member": index, "epoch": epoch + 1, "lr": state.optimizer.param_groups[0]["lr"], **record}
+        state.epoch = epoch + 1
+        if dist.is_main:  # the checkpoint last: a run killed before it redoes this epoch
+            if val is not None and ((epoch + 1) % ft.val_every == 0 or epoch + 1 == ft.epochs):
+                record["val_mAP"] = validate(model, meta, classes, cfg, *val)
+            log_epoch(log_path, record)
+            save_state(ckpt_path, state, member=index, finetune=config_to_dict(ft))
+        barrier()
+    return model.eval(), meta
