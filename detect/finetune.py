@@ -42,7 +42,7 @@ from backbone.googlenet import TRUNK_BLOCKS
 from backbone.io import load_image
 from backbone.loaders import start_workers, worker_init
 from backbone.models import ModelMeta, load_classifier
-from detect.config import DetectorConfig, FinetuneConfig
+from detect.config import MODES, DetectorConfig, FinetuneConfig
 from detect.data import DetectionDataset, ImageRecord
 from detect.detector import BACKGROUND, Detector, detect_dataset, save_detector_run
 from detect.metrics import evaluate_map
@@ -298,6 +298,8 @@ def _check_inputs(cfg: DetectorConfig, out_dir: Path, resume: bool, n_images: in
         raise InputError(None, "finetune: need 1 <= fg_per_batch <= batch_regions, members >= 1, epochs >= 1, "
                                "val_every >= 1")
     check_finetune_choices(ft)  # before any work
+    if cfg.mode not in MODES:
+        raise InputError(None, f"mode must be one of {', '.join(MODES)}, got '{cfg.mode}'")
     if ft.images_per_batch % dist.world_size:
         raise InputError(None, f"finetune.images_per_batch ({ft.images_per_batch}) must be a multiple "
                                f"of the number of processes ({dist.world_size})")
@@ -356,7 +358,9 @@ def _train_detector(cfg: DetectorConfig, dataset: DetectionDataset, val_dataset:
     inits = [init_run] if isinstance(init_run, (str, Path)) else list(init_run)
     if not inits:
         raise InputError(None, "train-detector needs at least one classifier run to start from (--init)")
-    trained = [train_member(m, inits[m % len(inits)], dataset.classes, loader, cfg, out_dir, val, resume, dist)
+    from detect.shared_finetune import train_member as train_shared  # here: it imports this module
+    train = train_shared if cfg.mode == "shared" else train_member  # Fast R-CNN's step, or R-CNN's
+    trained = [train(m, inits[m % len(inits)], dataset.classes, loader, cfg, out_dir, val, resume, dist)
                for m in range(cfg.finetune.members)]
     if dist.is_main:
         multibox = cfg.proposals.multibox.model if cfg.proposals.multibox.enabled else None

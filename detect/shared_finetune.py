@@ -30,9 +30,8 @@ from backbone.config import config_to_dict
 from backbone.distributed import DistInfo, barrier
 from backbone.engine import Meter, Schedule, TrainState, load_state, log_epoch, make_optimizer, save_state, set_lr, \
     trim_log, wrap_ddp
-from backbone.errors import InputError
 from backbone.models import ModelMeta
-from detect.config import MODES, DetectorConfig
+from detect.config import DetectorConfig
 from detect.data import DetectionDataset
 from detect.finetune import LOG_FILE, make_schedule, member_network, validate
 from detect.regions import to_tensor
@@ -42,12 +41,6 @@ from detect.shared_mode import check_member, grid_size, image_scale, pool_region
 from proposals import ProposalCache
 
 SEED_IMAGE_FLIP = 4  # the random stream of the whole-image flips, beside detect.sampling's SEED_* streams
-
-
-def check_mode(cfg: DetectorConfig) -> None:
-    """InputError on an unknown `mode`."""
-    if cfg.mode not in MODES:
-        raise InputError(None, f"mode must be one of {', '.join(MODES)}, got '{cfg.mode}'")
 
 
 class SharedNet(nn.Module):
