@@ -134,16 +134,10 @@ def load_image(image: "str | Path | np.ndarray | Image.Image",
         return _to_uint8_rgb(ImageOps.exif_transpose(image))
     path = Path(image)
     if not path.is_file():
-        raise InputError(path, "image file not found")
-    max_pixels = max_pixels_limit() if max_pixels is None else max_pixels
+        raise InputError(path, "is a folder, not an image file" if path.is_dir() else "image file not found")
     try:
         with Image.open(path) as img:
-            w, h = img.size
-            if w * h > max_pixels:
-                raise InputError(path, f"image is {w}x{h} = {w * h} pixels, above the limit "
-                                       f"of {max_pixels} (set DETECT_MAX_PIXELS to allow it)")
-            if w < 1 or h < 1:
-                raise InputError(path, f"image has no pixels ({w}x{h})")
+            _check_size(path, *img.size, max_pixels)
             img.load()
             return _to_uint8_rgb(ImageOps.exif_transpose(img))
     except InputError:
@@ -152,6 +146,33 @@ def load_image(image: "str | Path | np.ndarray | Image.Image",
         raise InputError(path, f"image too large: {e}") from None
     except (OSError, SyntaxError, ValueError) as e:
         raise InputError(path, f"cannot read image: {e}") from None
+
+
+def check_image(path: str | Path, max_pixels: int | None = None) -> tuple[int, int]:
+    """(width, height) of an image file as stored, from its header alone: the checks
+    `load_image` makes before decoding (a file, a format PIL reads, some pixels, within the
+    pixel limit), for a command to run before it starts anything costly. InputError otherwise.
+    A file whose data is damaged past its header passes; only decoding finds that."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(path, "is a folder, not an image file" if path.is_dir() else "image file not found")
+    try:
+        with Image.open(path) as img:
+            return _check_size(path, *img.size, max_pixels)
+    except InputError:
+        raise
+    except (OSError, SyntaxError, ValueError) as e:
+        raise InputError(path, f"cannot read image: {e}") from None
+
+
+def _check_size(path: Path, w: int, h: int, max_pixels: int | None) -> tuple[int, int]:
+    max_pixels = max_pixels_limit() if max_pixels is None else max_pixels
+    if w * h > max_pixels:
+        raise InputError(path, f"image is {w}x{h} = {w * h} pixels, above the limit "
+                               f"of {max_pixels} (set DETECT_MAX_PIXELS to allow it)")
+    if w < 1 or h < 1:
+        raise InputError(path, f"image has no pixels ({w}x{h})")
+    return w, h
 
 
 def oriented_size(img: Image.Image) -> tuple[int, int]:
