@@ -93,15 +93,14 @@ def test_every_shipped_config_loads_into_its_dataclass():
     from proposals import ProposalConfig
     from proposals.multibox_train import MultiBoxConfig
 
-    kinds = {"demo_classifier": ClassifierConfig, "fashion_mnist_classifier": ClassifierConfig,
-             "fashion_mnist_adamw": ClassifierConfig, "imagenet_googlenet": ClassifierConfig,
-             "demo_detector": DetectorConfig, "detector_ilsvrc": DetectorConfig,
-             "demo_multibox": MultiBoxConfig,
-             "demo_proposals": ProposalConfig}
+    # A config's name says what it configures: the first of these words in it.
+    words = {"detector": DetectorConfig, "multibox": MultiBoxConfig, "proposals": ProposalConfig,
+             "classifier": ClassifierConfig, "fashion_mnist": ClassifierConfig, "imagenet": ClassifierConfig}
     files = sorted((Path(__file__).resolve().parents[2] / "configs").glob("*.yaml"))
-    assert {f.stem for f in files} == set(kinds), "a config without a known dataclass"
+    assert len(files) >= 8
     for f in files:
-        cfg = load_config(kinds[f.stem], f, [])
-        assert isinstance(cfg, kinds[f.stem]), f
+        kind = next((cls for word, cls in words.items() if word in f.stem), None)
+        assert kind is not None, f"{f.name}: a config without a known dataclass"
+        assert isinstance(load_config(kind, f, []), kind), f
     assert load_config(ClassifierConfig, files[[f.stem for f in files].index("fashion_mnist_classifier")],
                        []).train.label_smoothing == 0.1
