@@ -130,8 +130,9 @@ class Build(StepRunner):
                   f"proposals.multibox.model={self.path('multibox')}", *threads, *self.s["detector"]])
 
     def evaluate(self) -> None:
-        # In child processes, like every other step (they import the project from ROOT), each
-        # scoring every n-th image on its share of the cores; the shards' files are then joined.
+        # In child processes, like every other step, each scoring every n-th image on its share
+        # of the cores; the shards' files are then joined. The ensemble's errors are kept too:
+        # how many objects some detection finds, and how many it names correctly.
         n = self.ranks()
         shards = [self.work / "eval" / f"shard_{i}" for i in range(n)]
         commands = [[sys.executable, "tools/build_demo.py", SCORE_COMMAND, self.path("detector"),
@@ -143,9 +144,14 @@ class Build(StepRunner):
         results = {}
         for name, path in files.items():
             out = self.work / "eval" / f"{name}.map.json"
+            errors = ["--errors"] if name == "ensemble" else []
             self.run([*DETECT, "eval", "--map", "--data", self.path("scenes"), "--split", "test",
-                      "--detections", str(path), "--protocol", "voc12", "--json", str(out)])
-            results[name] = json.loads(out.read_text())["mAP"]
+                      "--detections", str(path), "--protocol", "voc12", *errors, "--json", str(out)])
+            report = json.loads(out.read_text())
+            results[name] = report["mAP"]
+            if errors:
+                self.report["errors_test_ensemble"] = {k: report["errors"][k] for k in
+                                                       ("objects", "found", "named_correctly")}
         self.report["map_voc12_test"] = results
 
     def recall(self) -> None:
