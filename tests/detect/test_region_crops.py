@@ -1,6 +1,7 @@
 """detect crops: jittered boxes, background regions, the warp, the share, seeds, resume, errors."""
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -133,3 +134,15 @@ def test_command_line(shapes, tmp_path, capsys):
     assert code == 2 and err.count("\n") == 1 and err.startswith(f"error: {bad / 'Annotations' / 'train_0001.xml'}: ")
     code, out, err = run(capsys, "crops", "--data", str(shapes), "--out", str(tmp_path / "z"), "--background", "1")
     assert code == 2 and err.count("\n") == 1 and "--background" in err
+
+
+def test_coco_files_give_the_voc_crops(shapes, tmp_path):
+    from detect.data import load_dataset, write_coco
+
+    voc = write_region_crops(shapes, tmp_path / "voc", "train", "val", SMALL, progress=False)
+    coco = shutil.copytree(shapes, tmp_path / "coco")  # a COCO file names images inside its folder
+    for split in ("train", "val"):  # the same images and boxes as COCO files, one per split
+        write_coco(coco / f"instances_{split}.json", load_dataset(coco, split))
+    shutil.rmtree(coco / "Annotations")
+    from_coco = write_region_crops(coco, tmp_path / "co", "train", "val", SMALL, progress=False)
+    assert not from_coco["skipped"] and from_coco["crops"] == voc["crops"]
