@@ -12,16 +12,17 @@ rows into a detector's head (`detect.finetune.init_member`).
 """
 from __future__ import annotations
 
+import dataclasses
 import re
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 from torch import Tensor, nn
 
 from backbone.errors import InputError
 from backbone.io import load_weights
-from backbone.models import WEIGHTS_FILE, ModelMeta, build_model, read_meta
+from backbone.models import META_FILE, WEIGHTS_FILE, ModelMeta, build_model, read_meta
 
 HEADS = ("match", "fresh")
 
@@ -96,3 +97,15 @@ def start_from(run_dir: str | Path, classes: Sequence[str], head: str = "match",
     pairs = match_rows(meta.classes, classes) if head == "match" else []
     carry_rows(old_weight, old_bias, main_head(model), pairs)
     return model, meta, [classes[j] for j, _ in pairs]
+
+
+def adopt_init_run(model_cfg: Any) -> Any:
+    """A model config (`backbone.train.ModelConfig`) with the arch, width, mean and std of its
+    `init_run`, which the weights fix; unchanged without one. The input size stays the config's."""
+    if not model_cfg.init_run:
+        return model_cfg
+    if not Path(model_cfg.init_run, META_FILE).is_file():
+        raise InputError(model_cfg.init_run, "not a classifier run (no model.json); make one with "
+                                             "train-classifier or convert-weights")
+    meta = read_meta(model_cfg.init_run)
+    return dataclasses.replace(model_cfg, arch=meta.arch, width=meta.width, mean=list(meta.mean), std=list(meta.std))
