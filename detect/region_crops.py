@@ -333,7 +333,7 @@ def write_region_crops(data: str | Path, out: str | Path, split: str | None = "t
         crops {split: {class: n}} over every finished image, written (crops now), seconds,
         crops_per_s. Also written to out/summary.json.
     """
-    from tqdm import tqdm
+    from backbone.progress import progress as progress_bar
 
     settings = settings or CropSettings()
     check_settings(settings)
@@ -346,7 +346,7 @@ def write_region_crops(data: str | Path, out: str | Path, split: str | None = "t
             (folder.root / s / folder_name(name)).mkdir(parents=True, exist_ok=True)
     todo = [t for t in tasks if not folder.is_done(t)]
     start, skipped, written = time.perf_counter(), [], 0
-    bar = tqdm(total=len(todo), desc="crops", unit="img", disable=not progress)
+    bar = progress_bar(total=len(todo), desc="crops", unit="img", disable=not progress)
     for task, counts, problem in process_map(_crop_one, todo, workers, _init_worker,
                                              (str(folder.root), config_to_dict(settings))):
         if problem is not None:
