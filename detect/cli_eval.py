@@ -49,6 +49,8 @@ from backbone.errors import InputError
 def eval_command(mode, data, split, models, crops, table, detections, protocol, iou_threshold, proposals_path,
                  json_path, plots, errors, device, batch_size, workers) -> None:
     """Measure a classifier (--accuracy), a detector (--map, --box-accuracy) or proposals (--recall)."""
+    if errors and mode != "map":
+        raise click.UsageError("--errors goes with --map")
     if mode == "accuracy":
         from detect.cli_backbone import eval_accuracy
         if not models:

@@ -105,6 +105,8 @@ def test_eval_map_errors_prints_and_writes_the_breakdown(tmp_path, capsys):
     # sizes (longer side): a 50 and b 40 -> 40-64 (the b named right), the 35 px a -> 0-40
     assert errors["by_size"] == {"0-40": [0, 1], "40-64": [1, 2], "64-100": [0, 0], "100-": [0, 0]}
     assert errors["confusion"] == [[0, 1, 1], [0, 1, 0]]
+    code, _, err = run(capsys, "eval", "--recall", "--errors", "--data", str(root))
+    assert code == 2 and "--errors goes with --map" in err
 
 
 def _constant_model(classes: list[str], bias: list[float]) -> tuple[torch.nn.Module, ModelMeta]:
