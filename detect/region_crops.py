@@ -47,7 +47,7 @@ from urllib.parse import quote
 import numpy as np
 import torch
 from torch import Tensor
-from torchvision.ops import box_iou
+from torchvision.ops import box_iou, clip_boxes_to_image
 
 from backbone.config import config_to_dict, read_yaml
 from backbone.crops import PAPER_SIZE, SINGLE_SCALE
@@ -101,12 +101,6 @@ def image_rng(seed: int, key: str) -> np.random.Generator:
     return np.random.default_rng([seed, zlib.crc32(key.encode("utf-8"))])
 
 
-def clip(boxes: Tensor, width: int, height: int) -> Tensor:
-    """boxes (Tensor[C, 4]) clipped to the image."""
-    return torch.stack([boxes[:, 0].clamp(0, width), boxes[:, 1].clamp(0, height),
-                        boxes[:, 2].clamp(0, width), boxes[:, 3].clamp(0, height)], dim=1)
-
-
 def jitter_boxes(box: Tensor, count: int, rng: np.random.Generator, min_iou: float,
                  width: int, height: int) -> Tensor:
     """`count` boxes for one ground-truth box (Tensor[4]): the box, then jittered copies inside
@@ -120,7 +114,7 @@ def jitter_boxes(box: Tensor, count: int, rng: np.random.Generator, min_iou: flo
         shift = torch.from_numpy(rng.uniform(-JITTER_SHIFT, JITTER_SHIFT, (DRAWS, 2))).float() * size
         scale = torch.from_numpy(np.exp(rng.uniform(-1, 1, (DRAWS, 2)) * np.log(JITTER_SCALE))).float()
         half = size * scale / 2
-        cand = clip(torch.cat([centre + shift - half, centre + shift + half], dim=1), width, height)
+        cand = clip_boxes_to_image(torch.cat([centre + shift - half, centre + shift + half], dim=1), (height, width))
         found.append(cand[box_iou(cand, box[None])[:, 0] >= min_iou])
     boxes = torch.cat(found)[:count]
     return torch.cat([boxes, box[None].expand(count - len(boxes), 4)]) if len(boxes) < count else boxes
