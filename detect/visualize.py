@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import colorsys
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
-import numpy as np
-from PIL import Image, ImageDraw, ImageFont
-from torch import Tensor
-
-from backbone.io import atomic_path
+if TYPE_CHECKING:  # PIL, numpy and torch are imported when drawing: `detect --help` reads DISPLAY_THRESHOLD
+    import numpy as np
+    from PIL import Image, ImageFont
+    from torch import Tensor
 
 DISPLAY_THRESHOLD = 0.3  # the lowest score drawn by default (detect run --display-threshold)
 PAD = 2  # pixels between a label's text and the edge of its filled rectangle
@@ -70,8 +69,10 @@ def place_labels(boxes: Sequence[Sequence[float]], sizes: Sequence[tuple[float, 
     return out
 
 
-def _font(image_size: tuple[int, int]) -> ImageFont.ImageFont:
+def _font(image_size: tuple[int, int]) -> "ImageFont.ImageFont":
     """PIL's built-in font, scaled with the picture (11 px at 450 px) where FreeType is there."""
+    from PIL import ImageFont
+
     try:
         return ImageFont.load_default(size=max(10, round(max(image_size) / 40)))
     except (TypeError, ImportError, OSError):  # Pillow < 10.1 or without FreeType: the bitmap font
@@ -79,10 +80,12 @@ def _font(image_size: tuple[int, int]) -> ImageFont.ImageFont:
 
 
 def draw_detections(image: np.ndarray, detections: dict[str, Tensor], classes: Sequence[str],
-                    line_width: int = 0, display_threshold: float = DISPLAY_THRESHOLD) -> Image.Image:
+                    line_width: int = 0, display_threshold: float = DISPLAY_THRESHOLD) -> "Image.Image":
     """A copy of `image` (uint8 [H, W, 3] RGB) with each detection scoring at least
     `display_threshold` drawn: boxes lowest score first (the best end on top), then the labels
     over them, placed by `place_labels`. line_width 0 = scaled with the image (2 px at 500 px)."""
+    from PIL import Image, ImageDraw
+
     canvas = Image.fromarray(image).convert("RGB")
     draw = ImageDraw.Draw(canvas)
     width = line_width or max(1, round(max(canvas.size) / 250))
@@ -107,5 +110,7 @@ def draw_detections(image: np.ndarray, detections: dict[str, Tensor], classes: S
 def save_detections_png(path: str | Path, image: np.ndarray, detections: dict[str, Tensor],
                         classes: Sequence[str], display_threshold: float = DISPLAY_THRESHOLD) -> None:
     """Write `draw_detections(...)` as a PNG (atomically)."""
+    from backbone.io import atomic_path
+
     with atomic_path(path) as tmp:
         draw_detections(image, detections, classes, display_threshold=display_threshold).save(tmp, format="PNG")
