@@ -86,9 +86,11 @@ def top_detection_kinds(dataset: DetectionDataset, detections: Detections,
     index = torch.cat([torch.arange(len(d["scores"])) for d in dets] + [torch.zeros(0, dtype=torch.int64)])
     labels = torch.cat([d["labels"].long() for d in dets] + [torch.zeros(0, dtype=torch.int64)])
     scores = torch.cat([d["scores"].float() for d in dets] + [torch.zeros(0)])
+    objects = torch.bincount(torch.cat([rec.labels[~rec.difficult].long() for rec in records]
+                                       + [torch.zeros(0, dtype=torch.int64)]), minlength=len(dataset.classes) + 1)
     out = {}
     for c, name in enumerate(dataset.classes, start=1):
-        n = sum(int(((rec.labels == c) & ~rec.difficult).sum()) for rec in records)
+        n = int(objects[c])
         mine = torch.nonzero(labels == c).flatten()
         ranked = mine[torch.sort(scores[mine], descending=True, stable=True).indices[:n]]
         kinds = dict.fromkeys(KINDS, 0)
