@@ -13,21 +13,21 @@ import click
               help="Split whose images fill val/ [default: a held-out --val-share of --split's images].")
 @click.option("--out", required=True, type=click.Path(file_okay=False),
               help="Folder to write: train/ and val/ of class folders (created; resumed if present).")
-@click.option("--size", type=int, default=128, show_default=True,
+@click.option("--size", type=click.IntRange(min=8), default=128, show_default=True,
               help="Side of a saved crop: 256/224 x the classifier's model.input_size (128 for 112).")
-@click.option("--per-box", type=int, default=4, show_default=True,
+@click.option("--per-box", type=click.IntRange(min=1), default=4, show_default=True,
               help="Crops per ground-truth box: the box, then jittered copies at IoU >= 0.7 to it.")
-@click.option("--background", type=float, default=0.25, show_default=True,
+@click.option("--background", type=click.FloatRange(0, 1, max_open=True), default=0.25, show_default=True,
               help="Share of the crops that are background regions (IoU < 0.3 to every box), "
                    "class __background__; 0: none.")
-@click.option("--context-pad", type=int, default=16, show_default=True,
+@click.option("--context-pad", type=click.IntRange(0, 111), default=16, show_default=True,
               help="Context pixels around a box at 224: the detector's regions.context_pad.")
-@click.option("--val-share", type=float, default=0.1, show_default=True,
+@click.option("--val-share", type=click.FloatRange(0, 1, max_open=True), default=0.1, show_default=True,
               help="Without --val-split: this share of --split's images goes to val/.")
 @click.option("--seed", type=int, default=0, show_default=True,
               help="Seeds the jitter, the background regions and the held-out images (same seed, same files).")
-@click.option("--limit", type=int, default=None, help="Only the first N images of each split (a quick look).")
-@click.option("--workers", type=int, default=None, help="Worker processes [default: all cores].")
+@click.option("--limit", type=click.IntRange(min=1), default=None, help="Only the first N images of each split (a quick look).")
+@click.option("--workers", type=click.IntRange(min=1), default=None, help="Worker processes [default: all cores].")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def crops(data, split, val_split, out, size, per_box, background, context_pad, val_share, seed, limit,
           workers, quiet) -> None:
