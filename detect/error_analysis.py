@@ -126,11 +126,10 @@ def error_report(dataset: DetectionDataset, detections: Detections, iou: float =
     table, by_size = naming_table(dataset, detections, iou)
     kinds = top_detection_kinds(dataset, detections, iou)
     per_class = {}
-    for k, name in enumerate(dataset.classes):
-        row = table[k]
-        others = {dataset.classes[j]: int(row[j]) for j in row[:-1].argsort(descending=True, stable=True).tolist()
-                  if j != k and row[j] > 0}
-        per_class[name] = {"objects": int(row.sum()), "found": int(row[:-1].sum()), "named": int(row[k]),
+    for k, (name, row) in enumerate(zip(dataset.classes, table.tolist())):
+        named_as = sorted(range(len(row) - 1), key=lambda j: -row[j])  # most often first, stable
+        others = {dataset.classes[j]: row[j] for j in named_as if j != k and row[j] > 0}
+        per_class[name] = {"objects": sum(row), "found": sum(row[:-1]), "named": row[k],
                            "confused_with": others, "top_detections": kinds[name]}
     return {"iou": iou, "objects": int(table.sum()), "found": int(table[:, :-1].sum()),
             "named_correctly": int(table.diagonal().sum()), "per_class": per_class,
