@@ -28,12 +28,14 @@ def on_terminal(stream: TextIO | None = None) -> bool:
 class PlainProgress:
     """tqdm's counting without the bar: a line each `every` seconds and a last one on close.
 
+    leave False: no last line (tqdm's bar that vanishes: the caller prints its own summary);
     clock: seconds (time.monotonic), replaceable in tests; stream: where lines go (stderr)."""
 
     def __init__(self, iterable: Iterable | None = None, total: int | None = None, desc: str = "",
-                 unit: str = "it", disable: bool = False, every: float = EVERY_S,
+                 unit: str = "it", disable: bool = False, leave: bool = True, every: float = EVERY_S,
                  stream: TextIO | None = None, clock: Callable[[], float] = time.monotonic, **_: Any):
         self.iterable, self.desc, self.unit, self.disable, self.every = iterable, desc, unit, disable, every
+        self.leave = leave
         if total is None and iterable is not None and hasattr(iterable, "__len__"):
             total = len(iterable)
         self.total, self.n, self.postfix = total, 0, ""
@@ -75,7 +77,7 @@ class PlainProgress:
         self.desc = desc or ""
 
     def close(self) -> None:
-        if not self.closed and not self.disable and self.n:
+        if not self.closed and not self.disable and self.leave and self.n:
             self._line(self.clock())
         self.closed = True
 
@@ -99,7 +101,7 @@ def progress(iterable: Iterable | None = None, **options: Any):
         options.pop("every", None)
         return tqdm(iterable, **options)
     options.pop("file", None)
-    for name in ("leave", "position", "dynamic_ncols", "mininterval", "smoothing", "ncols"):
+    for name in ("position", "dynamic_ncols", "mininterval", "smoothing", "ncols"):
         options.pop(name, None)
     return PlainProgress(iterable, **options)
 

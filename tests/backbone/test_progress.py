@@ -49,6 +49,13 @@ def test_disabled_or_empty_writes_nothing():
     assert out.getvalue() == ""
 
 
+def test_leave_false_keeps_the_periodic_lines_only():
+    out = io.StringIO()
+    list(PlainProgress(range(4), desc="epoch 1", every=2, leave=False, stream=out, clock=Clock(1)))
+    # reads: 1 (start), 2, 3 (line: 2 s), 4, 5 (line: 2 s); no last line on close
+    assert [line.split(" it")[0] for line in out.getvalue().splitlines()] == ["epoch 1 2/4", "epoch 1 4/4"]
+
+
 def test_a_file_is_not_a_terminal(tmp_path):
     with open(tmp_path / "log", "w") as f:
         assert not on_terminal(f)
