@@ -246,7 +246,8 @@ class Meter:
     synchronisation) when the progress bar is due, at most every PROGRESS_SECONDS and only
     when it is shown, and once by `result`. sums[0] is the loss summed over the items: when a
     read finds any sum non-finite, FloatingPointError stops training before anything of the
-    epoch is saved, so the last checkpoint is the last good one.
+    epoch is saved, so the last checkpoint is the last good one. Use it as a context manager
+    (`with Meter(...) as meter:` around the loop): an error ends the progress bar's line first.
     """
 
     def __init__(self, device: torch.device, size: int, total_steps: int, desc: str, show: bool):
@@ -254,6 +255,12 @@ class Meter:
         self.count, self.steps, self.desc = 0, 0, desc
         self.bar = tqdm(total=total_steps, desc=desc, disable=not show, leave=False, dynamic_ncols=True)
         self.start = self.shown = time.perf_counter()
+
+    def __enter__(self) -> "Meter":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.bar.close()
 
     def add(self, count: int, sums: Tensor, lr: float) -> None:
         """Add one step: `count` items (images, regions) and their sums (Tensor[V])."""

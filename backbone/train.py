@@ -141,18 +141,18 @@ def train_one_epoch(net: nn.Module, state: TrainState, loader: DataLoader, sched
     weighted auxiliary losses) over all processes. The loss stays on the device until the end."""
     net.train()
     use_amp = cfg.amp and device.type == "cuda"
-    meter = Meter(device, 1, len(loader), f"epoch {epoch + 1}/{cfg.epochs}", show_progress)
-    for step, (images, labels) in enumerate(loader):
-        lr = schedule.rate(epoch * len(loader) + step)
-        set_lr(state.optimizer, lr)
-        images = images.to(device, non_blocking=True)
-        labels = labels.to(device, non_blocking=True)
-        if cfg.channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
-            loss = classification_loss(net(images), labels, cfg.aux_weight, cfg.label_smoothing)
-        state.step(loss)
-        meter.add(len(labels), loss.detach().float()[None] * len(labels), lr)
+    with Meter(device, 1, len(loader), f"epoch {epoch + 1}/{cfg.epochs}", show_progress) as meter:
+        for step, (images, labels) in enumerate(loader):
+            lr = schedule.rate(epoch * len(loader) + step)
+            set_lr(state.optimizer, lr)
+            images = images.to(device, non_blocking=True)
+            labels = labels.to(device, non_blocking=True)
+            if cfg.channels_last:
+                images = images.contiguous(memory_format=torch.channels_last)
+            with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
+                loss = classification_loss(net(images), labels, cfg.aux_weight, cfg.label_smoothing)
+            state.step(loss)
+            meter.add(len(labels), loss.detach().float()[None] * len(labels), lr)
     sums, count, _ = meter.result()
     return sums[0] / max(count, 1)
 

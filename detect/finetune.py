@@ -200,20 +200,20 @@ def train_one_epoch(net: nn.Module, state: TrainState, loader: torch.utils.data.
     steps = loader.batch_sampler.steps
     amp = dist.device.type == "cuda" and ft.amp
     net.train()
-    meter = Meter(dist.device, 4, len(steps), desc, dist.is_main)  # loss, correct, fg, fg correct
-    for step, decoded in enumerate(loader):
-        lr = schedule.rate(epoch * len(steps) + step)
-        set_lr(state.optimizer, lr)
-        x, y = step_batch(decoded, steps[step], cfg, meta, seed, epoch, step, dist)
-        torch.manual_seed(mix_seed(seed, epoch, step, SEED_DROPOUT, dist.rank))  # dropout masks, reproducibly
-        with torch.autocast(dist.device.type, dtype=torch.bfloat16, enabled=amp):
-            logits = net(x)
-        loss_sum = F.cross_entropy(logits.float(), y, reduction="sum")
-        # DDP averages gradients over processes: scale so the update is the mean over the batch.
-        state.step(loss_sum * (dist.world_size / ft.batch_regions))
-        correct, fg = logits.detach().argmax(1) == y, y > 0
-        meter.add(len(y), torch.stack([loss_sum.detach(), correct.sum().float(), fg.sum().float(),
-                                       (correct & fg).sum().float()]), lr)
+    with Meter(dist.device, 4, len(steps), desc, dist.is_main) as meter:  # loss, correct, fg, fg correct
+        for step, decoded in enumerate(loader):
+            lr = schedule.rate(epoch * len(steps) + step)
+            set_lr(state.optimizer, lr)
+            x, y = step_batch(decoded, steps[step], cfg, meta, seed, epoch, step, dist)
+            torch.manual_seed(mix_seed(seed, epoch, step, SEED_DROPOUT, dist.rank))  # dropout masks, reproducibly
+            with torch.autocast(dist.device.type, dtype=torch.bfloat16, enabled=amp):
+                logits = net(x)
+            loss_sum = F.cross_entropy(logits.float(), y, reduction="sum")
+            # DDP averages gradients over processes: scale so the update is the mean over the batch.
+            state.step(loss_sum * (dist.world_size / ft.batch_regions))
+            correct, fg = logits.detach().argmax(1) == y, y > 0
+            meter.add(len(y), torch.stack([loss_sum.detach(), correct.sum().float(), fg.sum().float(),
+                                           (correct & fg).sum().float()]), lr)
     (loss, correct, fg, fg_correct), regions, seconds = meter.result()
     return {"loss": loss / max(regions, 1), "accuracy": correct / max(regions, 1),
             "fg_accuracy": fg_correct / max(fg, 1.0), "regions_per_s": regions / seconds, "steps": len(steps),

@@ -171,23 +171,23 @@ def train_one_epoch(net: nn.Module, state: TrainState, loader: DataLoader, sched
     processes, the last learning rate, the images and the steps."""
     priors, prior_std = unwrap(net).priors, unwrap(net).prior_std
     net.train()
-    meter = Meter(priors.device, 3, len(loader), f"epoch {epoch + 1}/{cfg.epochs}", show)
     lr = 0.0
-    for i, (batch, targets) in enumerate(loader):
-        step = epoch * len(loader) + i
-        lr = schedule.rate(step)
-        set_lr(state.optimizer, lr)
-        if cfg.hflip:
-            gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step * 101 + rank)
-            batch, targets = hflip(batch, targets, torch.rand(len(batch), generator=gen) < 0.5)
-        x = normalize(batch.to(priors.device, non_blocking=True), meta.mean, meta.std)
-        offsets, logits = net(x)
-        # The matching brings every image's costs to the host (Hungarian, scipy), which refuses
-        # NaN: the step waits for the device there anyway, so the outputs are checked first.
-        check_finite(offsets.detach().sum() + logits.detach().sum(), meter.desc, i)
-        loss = multibox_loss(offsets, logits, targets, priors, prior_std, cfg.alpha)
-        state.step(loss.total)
-        meter.add(len(batch), torch.stack([loss.total, loss.match, loss.conf]) * len(batch), lr)
+    with Meter(priors.device, 3, len(loader), f"epoch {epoch + 1}/{cfg.epochs}", show) as meter:
+        for i, (batch, targets) in enumerate(loader):
+            step = epoch * len(loader) + i
+            lr = schedule.rate(step)
+            set_lr(state.optimizer, lr)
+            if cfg.hflip:
+                gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step * 101 + rank)
+                batch, targets = hflip(batch, targets, torch.rand(len(batch), generator=gen) < 0.5)
+            x = normalize(batch.to(priors.device, non_blocking=True), meta.mean, meta.std)
+            offsets, logits = net(x)
+            # The matching brings every image's costs to the host (Hungarian, scipy), which refuses
+            # NaN: the step waits for the device there anyway, so the outputs are checked first.
+            check_finite(offsets.detach().sum() + logits.detach().sum(), meter.desc, i)
+            loss = multibox_loss(offsets, logits, targets, priors, prior_std, cfg.alpha)
+            state.step(loss.total)
+            meter.add(len(batch), torch.stack([loss.total, loss.match, loss.conf]) * len(batch), lr)
     (total, match, conf), images, seconds = meter.result()
     return {"loss": total / max(images, 1), "match": match / max(images, 1), "conf": conf / max(images, 1),
             "lr": lr, "images": images, "steps": len(loader), "seconds": round(seconds, 2),
