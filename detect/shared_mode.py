@@ -13,7 +13,9 @@ the classifier learned. The members' softmax outputs are averaged as in the R-CN
 Image scale. Fast R-CNN scales the image once so that its shorter side is 600 px (the longer
 side at most 1,000): VOC's ~500 x 375 images grow 1.6x so that objects come near the 224 px its
 VGG16 was trained on; SPP-net used one scale of 688 px (or five, 480-1200). `short_side` is that
-setting here (0 keeps the image as it is).
+setting here (0 keeps the image as it is). The demo's members (width 0.25, 48 px crops of
+garments of 24-160 px on 320-500 px scenes) score the scene as it is: configs/demo_detector_shared.yaml
+says why.
 
 Where each region samples the map. Inception 4e's cell j is centred on pixel 16 j + 14.5 of its
 input (continuous coordinates; the stem's conv 7x7/2 pad 3 and three 3x3/2 max pools without
