@@ -63,6 +63,7 @@ def write_run(folder: Path, args: argparse.Namespace) -> None:
 
 def measure(run: Path, image: np.ndarray, precision: str, args: argparse.Namespace) -> dict:
     detector = Detector.load(run, device=args.device, precision=precision)
+    detector.timed = True  # each stage waits for a GPU: the split per stage is what this measures
     proposer = build_proposer(detector.config.proposals)
     counts: list[int] = []  # regions of each detect() call, recorded as they are proposed
 
