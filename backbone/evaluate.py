@@ -70,8 +70,8 @@ def model_probs(model: nn.Module, meta: ModelMeta, crops: Tensor, batch_size: in
     probs = []
     for chunk in flat.split(batch_size):
         x = normalize(chunk.to(device, non_blocking=True), meta.mean, meta.std)
-        probs.append(torch.softmax(model(x).float(), dim=1).cpu())
-    return torch.cat(probs).view(b, n, -1).mean(1)
+        probs.append(torch.softmax(model(x).float(), dim=1))
+    return torch.cat(probs).view(b, n, -1).mean(1).cpu()  # one wait for the device, not one per chunk
 
 
 def check_ensemble(models: Sequence[tuple[nn.Module, ModelMeta]]) -> list[str]:
