@@ -38,6 +38,7 @@ from backbone.googlenet import GoogLeNetOutputs
 from backbone.loaders import EpochKeys, start_workers, worker_init
 from backbone.models import IMAGENET_MEAN, IMAGENET_STD, ModelMeta, build_model, save_classifier
 from backbone.transforms import EvalTransform, TrainTransform
+from backbone.warm_start import adopt_init_run, start_from
 
 CHECKPOINT_FILE = "checkpoint.pt"
 LOG_FILE = "metrics.jsonl"
@@ -54,6 +55,8 @@ class ModelConfig:
     mean: list[float] = field(default_factory=lambda: list(IMAGENET_MEAN))  # RGB mean, 0..1 scale
     std: list[float] = field(default_factory=lambda: list(IMAGENET_STD))  # RGB std, 0..1 scale
     init: str = "caffe"  # "caffe": the paper's xavier + 0.2 biases; "he": for short runs from scratch
+    init_run: str = ""  # start from this classifier run or converted weights (--init); its arch, width, mean, std win
+    init_head: str = "match"  # with init_run: "match" carries the rows of classes it knows by name; "fresh": all new
 
 
 @dataclass
@@ -223,6 +226,7 @@ def train_classifier(cfg: ClassifierConfig, data_dir: str | Path, out_dir: str |
     weights, rewritten after every epoch). `resume` continues from checkpoint.pt (a fresh
     start when there is none). Returns `out_dir`.
     """
+    cfg = replace(cfg, model=adopt_init_run(cfg.model))  # the weights of --init fix the network
     with distributed(device, cfg.train.threads) as info:
         return _train(cfg, Path(data_dir), Path(out_dir), resume, info)
 
@@ -232,7 +236,7 @@ def _train(cfg: ClassifierConfig, data_dir: Path, out_dir: Path, resume: bool, i
     check_train_config(t)
     classes, train_loader, val_loader = build_loaders(cfg, data_dir, info)
     start_run(out_dir, ckpt_path.exists(), resume, cfg, out_dir / CONFIG_FILE, info.is_main)
-    state = build_state(_network(cfg, len(classes), info.device), t, info.device)
+    state = build_state(_network(cfg, classes, info.device), t, info.device)
     if resume and ckpt_path.exists() and load_state(ckpt_path, state).get("classes") != classes:
         raise InputError(ckpt_path, "checkpoint classes differ from the data's classes")
     if info.is_main:
@@ -259,9 +263,14 @@ def _train(cfg: ClassifierConfig, data_dir: Path, out_dir: Path, resume: bool, i
     return out_dir
 
 
-def _network(cfg: ClassifierConfig, num_classes: int, device: torch.device) -> nn.Module:
-    """The network with its auxiliary heads, initialised from train.seed (the same in every process)."""
+def _network(cfg: ClassifierConfig, classes: list[str], device: torch.device) -> nn.Module:
+    """The network with its auxiliary heads, initialised from train.seed (the same in every
+    process), or from model.init_run with a head for `classes` (backbone.warm_start)."""
     torch.manual_seed(cfg.train.seed)
-    model = build_model(cfg.model.arch, num_classes, cfg.model.width, aux_logits=True, dropout=cfg.model.dropout,
-                        aux_dropout=cfg.model.aux_dropout, init=cfg.model.init).to(device)
+    m = cfg.model
+    if m.init_run:
+        model = start_from(m.init_run, classes, m.init_head, m.dropout, m.aux_dropout)[0].to(device)
+    else:
+        model = build_model(m.arch, len(classes), m.width, aux_logits=True, dropout=m.dropout,
+                            aux_dropout=m.aux_dropout, init=m.init).to(device)
     return model.to(memory_format=torch.channels_last) if cfg.train.channels_last else model
