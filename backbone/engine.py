@@ -18,7 +18,8 @@ epoch loop as a plain for-loop over these parts:
 - `distributed`, `wrap_ddp`, `train_sampler`, `seed_epoch`: the same code alone or under
   torchrun (DistributedDataParallel, this process's share of the images, its dropout seed).
 - `Meter`: per-step sums kept on the device, read (one synchronisation) when the progress bar
-  is due and at the end of the epoch, never per batch; the non-finite-loss guard.
+  (`backbone.progress`) is due and at the end of the epoch, never per batch; the non-finite-loss
+  guard.
 - `start_run`, `trim_log`, `log_epoch`: the run folder and its `metrics.jsonl`.
 
 Shapes: V, the statistics a trainer sums per step (`Meter`: the loss first).
@@ -38,7 +39,6 @@ import torch
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import Dataset, DistributedSampler
-from tqdm import tqdm
 
 from backbone import distributed as dist_utils
 from backbone.checkpoint import load_checkpoint, save_checkpoint
@@ -46,6 +46,7 @@ from backbone.config import save_config
 from backbone.data import derive_seed
 from backbone.errors import InputError
 from backbone.io import append_jsonl, atomic_write_text
+from backbone.progress import progress, write
 
 OPTIMIZERS = {  # name -> (parameter groups, lr, momentum) -> optimizer
     "sgd": lambda groups, lr, momentum: torch.optim.SGD(groups, lr=lr, momentum=momentum),
@@ -253,7 +254,7 @@ class Meter:
     def __init__(self, device: torch.device, size: int, total_steps: int, desc: str, show: bool):
         self.sums = torch.zeros(size, dtype=torch.float64, device=device)
         self.count, self.steps, self.desc = 0, 0, desc
-        self.bar = tqdm(total=total_steps, desc=desc, disable=not show, leave=False, dynamic_ncols=True)
+        self.bar = progress(total=total_steps, desc=desc, disable=not show, leave=False, dynamic_ncols=True)
         self.start = self.shown = time.perf_counter()
 
     def __enter__(self) -> "Meter":
@@ -330,5 +331,5 @@ def format_record(record: dict) -> str:
 def log_epoch(path: Path, record: dict) -> None:
     """Append `record` to the run's metrics.jsonl (flushed: it survives a kill) and print it."""
     append_jsonl(path, record)
-    tqdm.write(format_record(record))
+    write(format_record(record))
 

@@ -31,7 +31,6 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from tqdm import tqdm
 
 from backbone.config import config_to_dict, save_config
 from backbone.distributed import DistInfo, barrier
@@ -42,6 +41,7 @@ from backbone.googlenet import TRUNK_BLOCKS
 from backbone.io import load_image
 from backbone.loaders import start_workers, worker_init
 from backbone.models import ModelMeta, load_classifier
+from backbone.progress import write
 from detect.config import MODES, DetectorConfig, FinetuneConfig
 from detect.data import DetectionDataset, ImageRecord
 from detect.detector import BACKGROUND, Detector, detect_dataset, save_detector_run
@@ -346,7 +346,7 @@ def _train_detector(cfg: DetectorConfig, dataset: DetectionDataset, val_dataset:
     kept, skipped = usable_images(dataset, cache)
     _check_inputs(cfg, out_dir, resume, len(kept), dist, dataset)
     if skipped and dist.is_main:
-        tqdm.write(f"skipped {len(skipped)} images without cached proposals: "
+        write(f"skipped {len(skipped)} images without cached proposals: "
                    f"{', '.join(skipped[:10])}{' ...' if len(skipped) > 10 else ''}")
     # Workers forked once, before any member is built (backbone.loaders says why).
     loader = make_loader(TrainImages([dataset.images[i] for i in kept], cache.root, cfg.finetune),
