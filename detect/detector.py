@@ -129,6 +129,7 @@ class Detector:
                 model.to(memory_format=torch.channels_last)
             self.members.append((model, meta))
         self.timings = {"proposals": 0.0, "crops": 0.0, "network": 0.0, "nms": 0.0}  # seconds, cumulative
+        self.timed = False  # True: each stage waits for a GPU (exact `timings`); False: no wait per batch
         # "auto" keeps its fast dtype only after the first real regions agree with float32.
         self._check_fast = config.inference.precision == "auto" and self.dtype is not None
         self.fast_check: dict | None = None  # the outcome of that check, once made
@@ -184,7 +185,7 @@ class Detector:
         """
         pixels = load_image(image)
         boxes = _as_boxes(boxes)
-        out = torch.zeros((len(boxes), len(self.classes) + 1))
+        out = torch.zeros((len(boxes), len(self.classes) + 1), device=self.device)
         normalised: dict[tuple, Tensor] = {}  # one normalised copy per distinct mean/std
         step = self.batch_size()
         for start in range(0, len(boxes), step):
@@ -205,8 +206,8 @@ class Detector:
                         crops[(*key, "mirror")] = crops[key].flip(-1)
                     total = total + self._probabilities(model, crops[(*key, "mirror")])
             views = len(self.members) * (2 if self.config.inference.mirror else 1)
-            out[start:start + len(batch)] = (total / views).cpu()
-        return out
+            out[start:start + len(batch)] = total / views
+        return out.cpu()  # one wait
 
     def detect(self, image: Any, boxes: Any = None) -> dict[str, Tensor]:
         """Detections in one image: {"boxes": [D, 4], "scores": [D], "labels": [D] in 1..K}.
@@ -282,7 +283,7 @@ class Detector:
         return probs
 
     def _sync(self) -> None:
-        if self.device.type == "cuda":  # so the stage timings are honest on a GPU
+        if self.timed and self.device.type == "cuda":  # a wait per stage and batch: only when timing
             torch.cuda.synchronize(self.device)
 
 
