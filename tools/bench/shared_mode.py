@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from backbone.device import resolve_device
 from backbone.models import ModelMeta, build_model
 from detect.config import DetectorConfig
 from detect.detector import Detector
@@ -88,6 +89,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--max-side", type=int, default=1000, help="shared mode: longest side cap (Fast R-CNN: 1000)")
     ap.add_argument("--batch", type=int, default=256, help="shared mode: regions per head pass")
     ap.add_argument("--precision", default="float32", help="float32 | bfloat16 | auto")
+    ap.add_argument("--device", default="cpu", help="cpu, cuda or auto")
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--classes", type=int, default=200)
     ap.add_argument("--json", help="also write the figures here")
@@ -98,7 +100,8 @@ def main(argv: list[str] | None = None) -> dict:
     image = load_image(args.image) if args.image else default_image()
     boxes = proposals(image, args.regions)
     torch.manual_seed(0)
-    model = build_model("googlenet", args.classes + 1, width=1.0, aux_logits=False, dropout=0.0).eval()
+    device = resolve_device(args.device)
+    model = build_model("googlenet", args.classes + 1, width=1.0, aux_logits=False, dropout=0.0).to(device).eval()
     meta = ModelMeta("googlenet", args.classes + 1, ["__background__", *map(str, range(args.classes))],
                      input_size=SIZE)
     cfg = DetectorConfig()
@@ -111,16 +114,16 @@ def main(argv: list[str] | None = None) -> dict:
     timed = boxes[:args.rcnn_regions] if args.rcnn_regions else boxes
     autocast = None
     if detector.dtype is not None:
-        autocast = lambda: torch.autocast("cpu", dtype=detector.dtype)  # noqa: E731
+        autocast = lambda: torch.autocast(device.type, dtype=detector.dtype)  # noqa: E731
 
     def shared() -> None:
-        ensemble_scores([model], [SIZE], to_tensor(image, meta.mean, meta.std), boxes, scale=scale,
+        ensemble_scores([model], [SIZE], to_tensor(image, meta.mean, meta.std, device), boxes, scale=scale,
                         batch_size=args.batch, autocast=autocast, channels_last=True)
 
     rcnn_s, shared_s = fastest([lambda: detector.score_regions(image, timed), shared], args.repeats)
     rcnn_s *= len(boxes) / len(timed)
     result = {
-        "cpu": cpu_name(), "threads": torch.get_num_threads(),
+        "cpu": cpu_name(), "device": str(device), "threads": torch.get_num_threads(),
         "image": [height, width], "regions": len(boxes), "rcnn_regions_timed": len(timed),
         "shared_scale": round(scale, 4), "precision": str(detector.dtype or "float32"),
         "rcnn_gmacs": counts["rcnn"] / 1e9, "shared_gmacs": counts["shared"] / 1e9,
