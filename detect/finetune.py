@@ -23,7 +23,6 @@ the single-process one on the whole mini-batch.
 from __future__ import annotations
 
 import copy
-import re
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -42,6 +41,7 @@ from backbone.io import load_image
 from backbone.loaders import start_workers, worker_init
 from backbone.models import ModelMeta, load_classifier
 from backbone.progress import write
+from backbone.warm_start import carry_rows, class_key, main_head, match_rows  # class_key: also read from here
 from detect.config import MODES, DetectorConfig, FinetuneConfig
 from detect.data import DetectionDataset, ImageRecord
 from detect.detector import BACKGROUND, Detector, detect_dataset, save_detector_run
@@ -73,36 +73,16 @@ def label_image(rec: ImageRecord, cache: ProposalCache, ft: FinetuneConfig) -> L
 INIT_HEADS = ("match", "fresh")
 
 
-def class_key(name: str) -> str:
-    """A class name reduced for matching across data sets: lower case, a leading `N_` index
-    dropped, letters and digits only ('0_T-shirt_top' and 'tshirt_top' both give 'tshirttop';
-    an ImageNet wnid stays itself)."""
-    return re.sub(r"[^0-9a-z]", "", re.sub(r"^\d+_", "", name.strip().lower()))
-
-
-def main_head(model: nn.Module) -> nn.Linear:
-    """The final linear layer of either architecture (ours: .fc; torchvision's: .net.fc)."""
-    return model.fc if isinstance(getattr(model, "fc", None), nn.Linear) else model.net.fc
-
-
 def carry_class_rows(old_weight: Tensor, old_bias: Tensor, old_classes: list[str], head: nn.Linear,
                      classes: list[str]) -> list[str]:
     """Copy into `head` (row 0: background, row j + 1: classes[j]) the classifier's rows of the
     classes it knows by `class_key` (a classifier class named `__background__` fills row 0); a
-    key two classifier classes share is left alone. Returns the rows carried, by name."""
-    keys: dict[str, int | None] = {}
-    for i, name in enumerate(old_classes):
-        k = class_key(name)
-        keys[k] = None if k in keys else i  # ambiguous: do not guess
-    carried = []
-    with torch.no_grad():
-        for j, name in enumerate([BACKGROUND, *classes]):
-            i = keys.get(class_key(name))
-            if i is not None:
-                head.weight[j] = old_weight[i]
-                head.bias[j] = old_bias[i]
-                carried.append(name)
-    return carried
+    key two classifier classes share is left alone (`backbone.warm_start.match_rows`, which
+    train-classifier --init uses too). Returns the rows carried, by name."""
+    names = [BACKGROUND, *classes]
+    pairs = match_rows(old_classes, names)
+    carry_rows(old_weight, old_bias, head, pairs)
+    return [names[j] for j, _ in pairs]
 
 
 def init_member(init_run: str | Path, classes: list[str], seed: int,
