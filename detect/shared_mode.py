@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import time
 from typing import Callable, Sequence
 
 import numpy as np
@@ -45,9 +46,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.ops import roi_align
 
+from backbone.errors import InputError
 from backbone.googlenet import GoogLeNet
 from backbone.models import ModelMeta
-from detect.config import DetectorConfig
+from detect.config import MODES, DetectorConfig
 from detect.regions import dilate_boxes, scaled_context_pad, to_tensor
 
 STRIDE = 16  # input pixels per cell of inception 4e
@@ -227,6 +229,21 @@ def score_members(members: Sequence[tuple[nn.Module, ModelMeta]], pixels: np.nda
                            scale=scale, context_pad=config.regions.context_pad, batch_size=inf.batch_size or 256,
                            sampling_ratio=config.shared.sampling_ratio, mirror=inf.mirror, autocast=autocast,
                            channels_last=inf.channels_last)
+
+
+def detector_scores(detector, pixels: np.ndarray, boxes: Tensor, regress: bool = False) -> tuple[Tensor, None, None]:
+    """The shared-mode branch of a `detect.detector.Detector`'s scoring: (Tensor[R, K+1], None, None),
+    timed into its timings["network"]. InputError on an unknown `mode`; ValueError where the
+    mode cannot serve: box regression and pooled features (fitted on R-CNN crops), or a member
+    that is not backbone's GoogLeNet."""
+    if detector.config.mode not in MODES:
+        raise InputError(None, f"mode must be one of {', '.join(MODES)}, got '{detector.config.mode}'")
+    if regress:
+        raise ValueError("box regression and region features are R-CNN mode only (mode: rcnn)")
+    start = time.perf_counter()
+    scores = score_members(detector.members, pixels, boxes, detector.config, detector.dtype)
+    detector.timings["network"] += time.perf_counter() - start
+    return scores, None, None
 
 
 # ---- counting the work ---------------------------------------------------------------------------

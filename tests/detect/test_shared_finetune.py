@@ -131,4 +131,4 @@ def test_shared_ensemble_on_generated_scenes_reaches_an_map_floor(tmp_path):
     assert detector.config.mode == "shared"
     detections = {rec.image_id: detector.detect(rec.path) for rec in test.images}
     report = evaluate_map(test, detections, "voc12")
-    assert report["mAP"] >= 0.7, report["per_class"]
+    assert report["mAP"] >= 0.8, report["per_class"]  # 0.92 measured (2 members, 4 epochs)
