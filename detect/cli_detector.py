@@ -6,6 +6,7 @@ from pathlib import Path
 import click
 
 from backbone.errors import InputError
+from detect.visualize import DISPLAY_THRESHOLD
 
 @click.command("train-detector")
 @click.option("--data", required=True, type=click.Path(exists=True),
@@ -61,26 +62,32 @@ def train_detector(data, proposals_dir, init_run, config_path, out, members, spl
               help="A folder: every image file directly inside it.")
 @click.option("--model", default=None, type=click.Path(),
               help="Detector run folder (detect train-detector --out). Default: the built-in model.")
-@click.option("--out", default="detections", show_default=True, type=click.Path(),
+@click.option("--out", default="runs/detect", show_default=True, type=click.Path(),
               help="Output folder: detections.json (COCO results), one PNG per image, run.json.")
 @click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:1 or auto.")
-@click.option("--score-threshold", type=float, default=None,
-              help="Drop detections scoring below this (default: the run's inference.score_threshold).")
+@click.option("--score-threshold", type=click.FloatRange(0.0, 1.0), default=None,
+              help="Keep detections scoring at least this in detections.json (default: the run's "
+                   "inference.score_threshold, 0.05 for the built-in model).")
+@click.option("--display-threshold", type=click.FloatRange(0.0, 1.0), default=DISPLAY_THRESHOLD,
+              show_default=True, help="Draw detections scoring at least this in the PNGs (fewer boxes "
+                                      "than the JSON keeps, so that the picture reads).")
+@click.option("--batch-size", type=click.IntRange(min=1), default=None,
+              help="Regions (crops) per forward pass (inference.batch_size; default: 16 on a CPU, 128 on CUDA).")
 @click.option("--shard", default=None,
               help="i/n: only images i, i+n, ... into OUT/shard-i-of-n/; join them with "
                    "`detect merge-results OUT`. Under torchrun each rank takes its shard and rank 0 merges.")
-@click.option("--proposal-workers", type=click.IntRange(min=0), default=None,
+@click.option("--workers", type=click.IntRange(min=0), default=None,
               help="Processes computing the next images' proposals while the network scores this "
-                   "one (0 = inline; default: cores - 1, at least 1). Results are the same at the "
-                   "same --threads.")
+                   "one (0 = inline; default: cores - 1, at least 1; one image: inline). Results are "
+                   "the same at the same --threads.")
+@click.option("--proposal-workers", "old_workers", type=click.IntRange(min=0), default=None, hidden=True)
 @click.option("--threads", type=click.IntRange(min=1), default=None,
-              help="CPU threads of the network (default: torch's, every core). On a small CPU give it "
-                   "the cores the proposal workers leave: --threads 1 on 2 cores runs proposals and "
-                   "scoring side by side (1.8x when they cost about the same, docs/performance.md). "
-                   "Scores depend on the thread count only through rounding.")
+              help="CPU threads of the network. Default: on a CPU, the cores the proposal workers "
+                   "leave (at least 1), so that proposals and scoring run side by side; one image: "
+                   "every core. Scores depend on the thread count only through rounding.")
 @click.argument("overrides", nargs=-1)
-def run(images, image_dir, model, out, device, score_threshold, shard, proposal_workers, threads,
-        overrides) -> None:
+def run(images, image_dir, model, out, device, score_threshold, display_threshold, batch_size, shard, workers,
+        old_workers, threads, overrides) -> None:
     """Detect objects in images with a detector run.
 
     \b
@@ -93,24 +100,21 @@ def run(images, image_dir, model, out, device, score_threshold, shard, proposal_
     are listed at the end, the others' results are written); 2 if none could be read.
     """
     from detect.detector import Detector
-    from detect.run_images import detect_image, list_images
+    from detect.run_images import detect_image
     from detect.sharding import parse_shard, torchrun_shard
 
-    paths = [*images, *(list_images(image_dir) if image_dir else [])]
-    if not paths:
-        raise InputError(None, "no images: give --image PATH (repeatable) or --images DIR")
+    paths = _checked_images(images, image_dir)  # before the model loads: a bad input is one line
     part = parse_shard(shard) if shard is not None else torchrun_shard()
-    if threads is not None:
-        import torch
-
-        torch.set_num_threads(threads)
-    settings = {} if score_threshold is None else {"score_threshold": score_threshold}
-    if len(images) == 1 and image_dir is None and part is None:  # one picture: the straight path
+    single = len(images) == 1 and image_dir is None and part is None
+    workers = _thread_split(workers if workers is not None else old_workers, threads, device, single)
+    settings = {k: v for k, v in (("score_threshold", score_threshold), ("batch_size", batch_size)) if v is not None}
+    if single:  # one picture: the straight path
         detector = Detector.load(model, device, overrides, **settings)
-        summary, folder = detect_image(detector, images[0], out, echo=click.echo), out
+        summary = detect_image(detector, images[0], out, echo=click.echo, display_threshold=display_threshold)
+        folder = out
     else:
-        summary, folder = _run_batch(paths, model, out, device, settings, shard, part, proposal_workers,
-                                     overrides)
+        summary, folder = _run_batch(paths, model, out, device, settings, shard, part, workers, overrides,
+                                     display_threshold)
     done, skipped = len(summary["images"]), summary["skipped"]
     click.echo(f"{done} image(s) done, results in {folder}/detections.json"
                + (f"; {len(skipped)} skipped:" if skipped else ""))
@@ -124,8 +128,62 @@ def run(images, image_dir, model, out, device, score_threshold, shard, proposal_
         raise SystemExit(1)
 
 
+def _checked_images(images: tuple[str, ...], image_dir: str | None) -> list:
+    """The images to run, checked before the model loads (InputError, one line): each --image
+    must be a file whose header reads (a folder there points to --images); a folder must hold
+    at least one image whose header reads (the others are skipped and listed by the run). A
+    single image is decoded whole, since damage past its header shows only then."""
+    from backbone.io import check_image, load_image
+    from detect.run_images import IMAGE_SUFFIXES, list_images
+
+    for image in images:
+        if Path(image).is_dir():
+            raise InputError(image, "is a folder; give a folder of images with --images DIR")
+        check_image(image)
+    listed = list_images(image_dir) if image_dir else []
+    if image_dir and not listed:
+        raise InputError(image_dir, f"no image files in the folder ({', '.join(IMAGE_SUFFIXES)})")
+    if listed and not any(_header_reads(p) for p in listed):
+        raise InputError(image_dir, f"none of the {len(listed)} image files can be read")
+    paths = [*images, *listed]
+    if not paths:
+        raise InputError(None, "no images: give --image PATH (repeatable) or --images DIR")
+    if len(paths) == 1:
+        load_image(paths[0])
+    return paths
+
+
+def _header_reads(path: Path) -> bool:
+    from backbone.io import check_image
+
+    try:
+        check_image(path)
+        return True
+    except InputError:
+        return False
+
+
+def _thread_split(workers: int | None, threads: int | None, device: str, single: bool) -> int:
+    """Set torch's thread count and return the proposal workers. One image proposes inline
+    with every core on the network. A folder on a CPU gives the network the cores the workers
+    leave, at least 1 (2 cores: 1 worker, 1 thread), rather than torch's every core, which the
+    workers would fight for (1.3x slower on 2 cores, docs/performance.md)."""
+    import torch
+
+    from backbone.device import resolve_device
+    from detect.overlap import default_proposal_workers
+    from detect.sharding import cores_per_process
+
+    workers = 0 if single else default_proposal_workers() if workers is None else workers
+    if threads is None and workers > 0 and resolve_device(device).type == "cpu":
+        threads = max(1, cores_per_process() - workers)
+    if threads is not None:
+        torch.set_num_threads(threads)
+    return workers
+
+
 def _run_batch(paths: list, model, out, device, settings: dict, shard, part, proposal_workers,
-               overrides) -> tuple[dict, Path]:
+               overrides, display_threshold: float) -> tuple[dict, Path]:
     """`detect run` over several images (or a shard of them): resumable, and under torchrun one
     shard per rank, merged by rank 0. Returns (run.json content, the folder written)."""
     from backbone.distributed import barrier, cleanup, init_distributed
@@ -141,7 +199,8 @@ def _run_batch(paths: list, model, out, device, settings: dict, shard, part, pro
     folder = shard_folder(out, part) if part else Path(out)
     summary = detect_images(detector, [paths[i] for i in positions] if part else paths, folder,
                             progress=len(paths) > 1, echo=click.echo, positions=positions,
-                            proposal_workers=0 if len(paths) == 1 else proposal_workers)
+                            proposal_workers=0 if len(paths) == 1 else proposal_workers,
+                            display_threshold=display_threshold)
     if under_torchrun:
         barrier()
         if part[0] == 0:

@@ -23,7 +23,7 @@ from backbone.io import atomic_write_json, load_image, read_json
 from detect.allocator import loaded_allocator
 from detect.detector import Detector
 from detect.results import coco_entries
-from detect.visualize import save_detections_png
+from detect.visualize import DISPLAY_THRESHOLD, save_detections_png
 
 PER_IMAGE = ".per_image"  # OUT/.per_image/<index>.json: finished images of an interrupted run
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
@@ -38,7 +38,7 @@ def list_images(folder: str | Path) -> list[Path]:
 
 
 def detect_image(detector: Detector, path: str | Path, out_dir: str | Path,
-                 echo: Callable[[str], None] = print) -> dict:
+                 echo: Callable[[str], None] = print, display_threshold: float = DISPLAY_THRESHOLD) -> dict:
     """Detect in one image file; write OUT/detections.json (COCO results, image id 0),
     OUT/<stem>.png (the detections drawn) and OUT/run.json. Returns the run.json content.
 
@@ -50,7 +50,7 @@ def detect_image(detector: Detector, path: str | Path, out_dir: str | Path,
     boxes = detector.propose(pixels)                 # Tensor[N, 4]: selective search (+ MultiBox)
     scores = detector.score_regions(pixels, boxes)   # Tensor[N, K+1]: the members' mean softmax
     dets = detector.select(boxes, scores)            # per-class NMS: D detections
-    save_detections_png(out / f"{path.stem}.png", pixels, dets, detector.classes)
+    save_detections_png(out / f"{path.stem}.png", pixels, dets, detector.classes, display_threshold)
     stages = _stage_seconds(detector, before)
     echo(_summary_line(path, dets, detector.classes, time.perf_counter() - start, stages))
     rec = _new_record(0, path, path.stem, pixels.shape, dets, stages)
@@ -59,7 +59,8 @@ def detect_image(detector: Detector, path: str | Path, out_dir: str | Path,
 
 def detect_images(detector: Detector, paths: Sequence[str | Path], out_dir: str | Path,
                   progress: bool = True, echo: Callable[[str], None] = print,
-                  positions: Sequence[int] | None = None, proposal_workers: int | None = None) -> dict:
+                  positions: Sequence[int] | None = None, proposal_workers: int | None = None,
+                  display_threshold: float = DISPLAY_THRESHOLD) -> dict:
     """Detect in each image file; write OUT/detections.json (COCO results with class names),
     OUT/<name>.png (the detections drawn) and OUT/run.json (per-image summary, skipped files).
 
@@ -77,11 +78,11 @@ def detect_images(detector: Detector, paths: Sequence[str | Path], out_dir: str 
     Returns the run.json content: {"images": [...], "skipped": [{"file", "error", "index"}],
     "environment": {"allocator", "torch_threads", "torch"}}.
     """
-    from tqdm import tqdm
-
+    from backbone.progress import progress as progress_bar
+    from backbone.progress import write
     from detect.overlap import default_proposal_workers, proposals_ahead
 
-    say = tqdm.write if progress else echo  # tqdm.write keeps the progress bar intact
+    say = write if progress else echo  # above the bar on a terminal, plain lines elsewhere
     out = Path(out_dir)
     paths = [Path(p) for p in paths]
     positions = list(range(len(paths))) if positions is None else list(positions)
@@ -96,10 +97,11 @@ def detect_images(detector: Detector, paths: Sequence[str | Path], out_dir: str 
     summary = _new_summary()
     used: set[str] = set()
     try:
-        for pos, path, rec in tqdm(list(zip(positions, paths, records)), desc="detect", unit="image",
-                                   disable=not progress):
+        for pos, path, rec in progress_bar(list(zip(positions, paths, records)), desc="detect", unit="image",
+                                           disable=not progress):
             if rec is None:
-                rec = _detect_listed(detector, pos, path, stream, used, out, say, summary["skipped"])
+                rec = _detect_listed(detector, pos, path, stream, used, out, say, summary["skipped"],
+                                     display_threshold)
                 if rec is None:
                     continue
                 atomic_write_json(store / f"{pos}.json", rec, indent=None)  # after its PNG
@@ -112,7 +114,8 @@ def detect_images(detector: Detector, paths: Sequence[str | Path], out_dir: str 
 
 
 def _detect_listed(detector: Detector, pos: int, path: Path, stream: Iterator[Tensor | None], used: set[str],
-                   out: Path, say: Callable[[str], None], skipped: list[dict]) -> dict | None:
+                   out: Path, say: Callable[[str], None], skipped: list[dict],
+                   display_threshold: float = DISPLAY_THRESHOLD) -> dict | None:
     """Detect in image `pos` of a list, its proposals the next of `stream` (None: proposed
     here); draw OUT/<name>.png, the name the file's stem made unique among `used`. Returns its
     record, or None if it cannot be read (then listed in `skipped`)."""
@@ -127,7 +130,7 @@ def _detect_listed(detector: Detector, pos: int, path: Path, stream: Iterator[Te
     dets = detector.detect(pixels, boxes)
     stages = _stage_seconds(detector, before)
     name = _unique_name(path.stem, used)
-    save_detections_png(out / f"{name}.png", pixels, dets, detector.classes)
+    save_detections_png(out / f"{name}.png", pixels, dets, detector.classes, display_threshold)
     say(_summary_line(path, dets, detector.classes, time.perf_counter() - start, stages))
     return _new_record(pos, path, name, pixels.shape, dets, stages)
 

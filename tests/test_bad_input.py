@@ -20,7 +20,7 @@ import torch
 from PIL import Image
 
 from backbone.errors import InputError
-from backbone.io import load_image, save_weights
+from backbone.io import check_image, load_image, save_weights
 from backbone.models import ModelMeta, build_model, save_classifier
 from detect.cli import main
 from detect.config import DetectorConfig
@@ -455,3 +455,76 @@ def test_bad_overrides_are_refused(override, words, models, tmp_path, capsys):
 def _empty_yaml(folder: Path) -> Path:
     (folder / "empty.yaml").write_text("{}\n")
     return folder / "empty.yaml"
+
+
+# ----------------------------------------------------------------------------- found before the model
+
+
+def test_check_image_reads_the_header_only(tmp_path):
+    """What a command can check before it loads a model: a JPEG cut in its pixel data has a
+    whole header (only decoding finds the damage); one cut in its header, a text file, a
+    folder, a missing file or too many pixels fail."""
+    half = _half_jpeg(tmp_path)
+    assert check_image(half) == (200, 200)
+    with pytest.raises(InputError, match="cannot read image"):
+        load_image(half)
+    assert check_image(write_case(tmp_path, "exif_rotated")) == (48, 24)  # as stored
+    for path, problem in [(write_case(tmp_path, "truncated_jpeg"), "cannot read image"),
+                          (write_case(tmp_path, "text_as_jpeg"), "cannot read image"),
+                          (tmp_path, "is a folder"), (tmp_path / "none.png", "not found"),
+                          (write_case(tmp_path, "huge_header"), "above the limit")]:
+        with pytest.raises(InputError, match=problem):
+            check_image(path)
+
+
+def _nothing_written(out: Path) -> bool:
+    return not out.exists()
+
+
+def _half_jpeg(folder: Path) -> Path:
+    """A JPEG cut in the middle of its pixel data: its header reads, decoding fails."""
+    folder.mkdir(parents=True, exist_ok=True)
+    whole = _jpeg(scene(size=200))
+    (folder / "half.jpg").write_bytes(whole[:len(whole) // 2])
+    return folder / "half.jpg"
+
+
+@pytest.mark.parametrize("make, words", [
+    (lambda d: d / "missing.jpg", ["missing.jpg", "not found"]),
+    (lambda d: d, ["is a folder", "--images"]),
+    (lambda d: write_case(d, "text_as_jpeg"), ["text.jpg", "cannot read image"]),
+    (lambda d: write_case(d, "truncated_jpeg"), ["truncated.jpg", "cannot read image"]),
+    (_half_jpeg, ["half.jpg", "cannot read image"]),
+])
+def test_one_bad_image_is_one_line_before_the_model_loads(make, words, models, tmp_path, capsys):
+    """The model given is broken (NaN weights): an error naming the image, not the weights, shows
+    the image was checked first. Nothing is written, not even the output folder."""
+    image = make(tmp_path / "in")
+    (tmp_path / "in").mkdir(exist_ok=True)
+    out = tmp_path / "out"
+    result = invoke(capsys, "run", "--image", image, "--model", models["det_nan"], "--out", out)
+    assert_one_line_error(result, *words)
+    assert len(result[2].strip().splitlines()) == 1 and result[1] == ""
+    assert _nothing_written(out)
+
+
+def test_a_missing_image_among_good_ones_is_refused_up_front(models, tmp_path, capsys):
+    Image.fromarray(scene()).save(tmp_path / "a.png")
+    out = tmp_path / "out"
+    result = invoke(capsys, "run", "--image", tmp_path / "a.png", "--image", tmp_path / "b.png",
+                    "--model", models["det_nan"], "--out", out)
+    assert_one_line_error(result, "b.png", "not found")
+    assert _nothing_written(out)
+
+
+@pytest.mark.parametrize("fill", ["empty", "unreadable"])
+def test_a_folder_without_a_readable_image_is_refused_up_front(fill, models, tmp_path, capsys):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    if fill == "unreadable":
+        write_case(folder, "text_as_jpeg")
+        (folder / "b.png").write_bytes(b"not a png either")
+    out = tmp_path / "out"
+    result = invoke(capsys, "run", "--images", folder, "--model", models["det_nan"], "--out", out)
+    assert_one_line_error(result, str(folder), "image" if fill == "empty" else "none of the 2")
+    assert _nothing_written(out)

@@ -43,7 +43,7 @@ def test_run_writes_json_png_and_lists_skipped(run_dir, tmp_path, capsys):
     out = tmp_path / "out"
     with pytest.raises(SystemExit) as exit_info:
         main(["run", "--images", str(folder), "--model", str(run_dir), "--out", str(out),
-              "--device", "cpu", "--score-threshold", "0.01", *FAST_PROPOSALS])
+              "--device", "cpu", "--score-threshold", "0.01", "--display-threshold", "0", *FAST_PROPOSALS])
     assert exit_info.value.code == 1  # one image skipped, the others kept
     captured = capsys.readouterr()
     assert "broken.jpg" in captured.err and "2 image(s) done" in captured.out
