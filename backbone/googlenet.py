@@ -176,10 +176,14 @@ class GoogLeNet(nn.Module):
         """The 5b output `[B, num_features, H/32, W/32]` (rounded up)."""
         return self._trunk(x)[0]
 
+    def pool_features(self, features: Tensor) -> Tensor:
+        """The pooled region vector `[B, num_features]` the head classifies (global average pool
+        of `forward_features`); the box regressors read it too."""
+        return torch.flatten(F.adaptive_avg_pool2d(features, 1), 1)
+
     def forward_head(self, features: Tensor) -> Tensor:
         """Global average pool (the 7x7 pool at 224), dropout, linear: `[B, num_classes]`."""
-        x = torch.flatten(F.adaptive_avg_pool2d(features, 1), 1)
-        return self.fc(self.dropout(x))
+        return self.fc(self.dropout(self.pool_features(features)))
 
     def forward(self, x: Tensor) -> Tensor | GoogLeNetOutputs:
         features, a, d = self._trunk(x)

@@ -64,9 +64,11 @@ class TorchvisionGoogLeNet(nn.Module):
             x = layer(x)
         return x
 
+    def pool_features(self, features: Tensor) -> Tensor:
+        return torch.flatten(self.net.avgpool(features), 1)
+
     def forward_head(self, features: Tensor) -> Tensor:
-        x = torch.flatten(self.net.avgpool(features), 1)
-        return self.net.fc(self.net.dropout(x))
+        return self.net.fc(self.net.dropout(self.pool_features(features)))
 
     def forward(self, x: Tensor) -> Tensor | GoogLeNetOutputs:
         out = self.net(x)

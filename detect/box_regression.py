@@ -33,6 +33,7 @@ from backbone.io import load_weights, save_weights
 MAX_LOG_SCALE = math.log(1000.0 / 16)
 DEFAULT_LAMBDA = 1000.0  # R-CNN's ridge lambda
 DEFAULT_MIN_IOU = 0.6    # R-CNN's training overlap
+REGRESSOR_FILE = "box_regressor.safetensors"  # in each member's folder of a detector run
 
 
 def encode_boxes(proposals: Tensor, targets: Tensor) -> Tensor:
@@ -72,6 +73,24 @@ def match_for_regression(proposals: Tensor, gt_boxes: Tensor, gt_labels: Tensor,
     sized = (proposals[:, 2] > proposals[:, 0]) & (proposals[:, 3] > proposals[:, 1])
     keep = torch.nonzero((best_iou >= min_iou) & sized).flatten()
     return keep, gt_boxes[best[keep]].float(), gt_labels[best[keep]].long()
+
+
+def mirror_deltas(deltas: Tensor, mirrored: bool = True) -> Tensor:
+    """Deltas (Tensor[..., 4]) predicted on a mirrored crop move the mirrored box; negating tx
+    makes them move the box itself (ty, tw, th do not change under a horizontal flip)."""
+    return deltas * torch.tensor([-1.0, 1, 1, 1], dtype=deltas.dtype, device=deltas.device) if mirrored else deltas
+
+
+def load_member_regressors(member_dirs: list[Path]) -> list[BoxRegressor] | None:
+    """The box regressor of every member folder (REGRESSOR_FILE), or None when none has one;
+    InputError when only some have one (a half-fitted run must not regress silently)."""
+    present = [(Path(d) / REGRESSOR_FILE).is_file() for d in member_dirs]
+    if not any(present):
+        return None
+    if not all(present):
+        missing = Path(member_dirs[present.index(False)]) / REGRESSOR_FILE
+        raise InputError(missing, "missing while other members have one (refit with `detect fit-boxes`)")
+    return [BoxRegressor.load(Path(d) / REGRESSOR_FILE) for d in member_dirs]
 
 
 @dataclass

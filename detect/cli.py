@@ -33,6 +33,7 @@ EXAMPLES = {
     "train-multibox": "detect train-multibox --data DATASET --config configs/demo_multibox.yaml --out runs/multibox",
     "train-detector": "detect train-detector --data DATASET --proposals runs/proposals --init runs/cls "
                       "--config configs/demo_detector.yaml --out runs/det",
+    "fit-boxes": "detect fit-boxes --model runs/det --data DATASET --split train --proposals runs/proposals",
     "run": "detect run --image examples/JPEGImages/test_01003.jpg --out runs/detect",
     "merge-results": "detect merge-results runs/detect",
     "eval": "detect eval --map --data examples --split test",
@@ -78,11 +79,11 @@ def cli() -> None:
 
 
 def _register() -> None:
-    from detect import (cli_backbone, cli_crops, cli_data, cli_detector, cli_eval, cli_multibox, cli_proposals,
-                        cli_train, cli_weights)
+    from detect import (cli_backbone, cli_crops, cli_data, cli_detector, cli_eval, cli_fit_boxes, cli_multibox,
+                        cli_proposals, cli_train, cli_weights)
 
     for command in (cli_backbone.summary, cli_train.train_classifier, cli_data.data, cli_proposals.proposals,
-                    cli_multibox.train_multibox, cli_detector.train_detector, cli_detector.run,
+                    cli_multibox.train_multibox, cli_detector.train_detector, cli_fit_boxes.fit_boxes, cli_detector.run,
                     cli_detector.merge_results, cli_eval.eval_command, cli_crops.crops,
                     cli_weights.convert_weights):
         cli.add_command(command)

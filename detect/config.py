@@ -27,6 +27,7 @@ class InferenceConfig:
     precision: str = "auto"  # auto | float32 | bfloat16 | float16; auto = fastest safe on the device
     channels_last: bool = True  # NHWC memory layout for the convolutions (faster on CPU and GPU)
     mirror: bool = False  # also score every region mirrored and average the two softmaxes (2x the network time)
+    box_regression: bool = True  # move each region's box per class by the members' box regressors, when the run has them
 
 
 MODES = ("rcnn", "shared")
@@ -69,6 +70,13 @@ class FinetuneConfig:
 
 
 @dataclass
+class BoxRegressionConfig:
+    enabled: bool = True  # train-detector fits each member's box regressors after fine-tuning (detect.fit_boxes)
+    ridge_lambda: float = 1000.0  # ridge penalty on the normalised targets (R-CNN: 1000 on pool5; chosen on the demo's val split)
+    min_iou: float = 0.6  # training pairs: proposals with at least this IoU to a ground-truth box (R-CNN: 0.6)
+
+
+@dataclass
 class DetectorConfig:
     mode: str = "rcnn"  # "rcnn": every region warped and run through the network; "shared": one trunk pass an image (Fast R-CNN)
     proposals: ProposalConfig = field(default_factory=ProposalConfig)  # where the regions come from
@@ -76,3 +84,4 @@ class DetectorConfig:
     inference: InferenceConfig = field(default_factory=InferenceConfig)  # scoring and NMS at test time
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)  # R-CNN fine-tuning of the members
     shared: SharedConfig = field(default_factory=SharedConfig)  # the shared mode's image scale and pooling (detect.shared_mode)
+    box_regression: BoxRegressionConfig = field(default_factory=BoxRegressionConfig)  # R-CNN's box regressors (detect.box_regression)

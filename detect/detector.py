@@ -4,14 +4,17 @@ Shapes: R regions, K foreground classes (column/label 0 is background), D detect
 
 `Detector.score_regions(image, boxes) -> Tensor[R, K+1]` is the one region-scoring call: each
 box is warped (detect.regions) and classified by every member; the members' softmax outputs
-are averaged (the paper's ensemble). `Detector.detect(image)` adds the proposals and R-CNN's
-per-class greedy NMS.
+are averaged (the paper's ensemble). `Detector.detect(image)` adds the proposals, R-CNN's box
+regression when the run has regressors (detect.box_regression: each region's box moved per class
+by the members' mean regression of the pooled features the scoring pass computed) and R-CNN's
+per-class greedy NMS. `Detector.regress_boxes(image, boxes) -> Tensor[R, K, 4]`.
 
 A detector run folder (written by `save_detector_run`, read by `Detector.load`):
 
     RUN/detector.yaml     the resolved DetectorConfig
     RUN/detector.json     {"classes": [K names], "members": ["members/0", ...], "multibox": "multibox" | null}
-    RUN/members/<i>/      one region classifier each (backbone.models.save_classifier), K+1 outputs
+    RUN/members/<i>/      one region classifier each (backbone.models.save_classifier), K+1 outputs,
+                          and optionally its box_regressor.safetensors (`detect fit-boxes`)
     RUN/multibox/         optional: the MultiBox run the proposals use
 """
 from __future__ import annotations
@@ -26,15 +29,18 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 from torch import Tensor, nn
-from torchvision.ops import batched_nms
+from torchvision.ops import batched_nms, clip_boxes_to_image
 
 from backbone.config import config_from_dict, deep_merge, parse_overrides, read_yaml, save_config, set_dotted
 from backbone.device import resolve_device
 from backbone.errors import InputError
 from backbone.io import atomic_write_json, load_image, read_json
 from backbone.models import ModelMeta, load_classifier, save_classifier
+from detect.box_regression import BoxRegressor, decode_boxes, load_member_regressors, mirror_deltas
+from detect import shared_mode
 from detect.config import PRECISIONS, DetectorConfig, InferenceConfig
 from detect.regions import to_tensor, warp_regions
+from detect.dataset_detections import detect_dataset  # noqa: F401 (its home before; imported from here)
 
 FAST_CHECK_REGIONS = 8  # regions compared in float32 and the fast dtype before "auto" trusts it
 FAST_MAX_DIFF = 0.02  # the largest softmax difference "auto" accepts (issue 7)
@@ -71,13 +77,15 @@ def select_detections(boxes: Tensor, scores: Tensor, nms_iou: float, score_thres
                       max_detections: int) -> dict[str, Tensor]:
     """Per-class greedy NMS over scored regions.
 
-    boxes (Tensor[R, 4]), scores (Tensor[R, K+1]) -> {"boxes": [D, 4], "scores": [D],
-    "labels": [D] int64 in 1..K}, best first. A region may be a detection of several classes;
+    boxes (Tensor[R, 4], or Tensor[R, K, 4]: one box per class, regressed), scores (Tensor[R, K+1])
+    -> {"boxes": [D, 4], "scores": [D], "labels": [D] int64 in 1..K}, best first. A region may be
+    a detection of several classes;
     scores below `score_threshold` are dropped; at most `max_detections` (0 = no limit).
     """
     fg = scores[:, 1:]
     rows, cols = (fg >= score_threshold).nonzero(as_tuple=True)
-    cand_boxes, cand_scores, labels = boxes[rows].float(), fg[rows, cols], cols + 1
+    cand_boxes = (boxes[rows, cols] if boxes.dim() == 3 else boxes[rows]).float()
+    cand_scores, labels = fg[rows, cols], cols + 1
     keep = batched_nms(cand_boxes, cand_scores, labels, nms_iou)  # sorted by decreasing score
     if max_detections > 0:
         keep = keep[:max_detections]
@@ -108,10 +116,11 @@ class Detector:
         classes: the K foreground class names; label k is classes[k-1].
         config: DetectorConfig (proposals, region crops, inference settings).
         proposer: `image -> (boxes [N, 4], sources [N])`; built from config.proposals if None.
+        regressors: one BoxRegressor per member (features of that member, K classes), or None.
     """
 
     def __init__(self, members: Sequence[Member], classes: Sequence[str], config: DetectorConfig,
-                 proposer: Proposer | None = None):
+                 proposer: Proposer | None = None, regressors: Sequence[BoxRegressor] | None = None):
         if not members:
             raise ValueError("a detector needs at least one member")
         self.classes = list(classes)
@@ -128,6 +137,10 @@ class Detector:
             if config.inference.channels_last:
                 model.to(memory_format=torch.channels_last)
             self.members.append((model, meta))
+        self.regressors = list(regressors) if regressors else None
+        if self.regressors and (len(self.regressors) != len(self.members) or any(
+                r.num_classes != len(self.classes) for r in self.regressors)):
+            raise ValueError(f"need one box regressor of {len(self.classes)} classes per member")
         self.timings = {"proposals": 0.0, "crops": 0.0, "network": 0.0, "nms": 0.0}  # seconds, cumulative
         self.timed = False  # True: each stage waits for a GPU (exact `timings`); False: no wait per batch
         # "auto" keeps its fast dtype only after the first real regions agree with float32.
@@ -158,7 +171,8 @@ class Detector:
         if info.get("multibox"):
             config.proposals.multibox.model = str(run / info["multibox"])
             config.proposals.multibox.device = str(dev)
-        return cls(members, info["classes"], config)
+        regressors = load_member_regressors([run / m for m in info["members"]])
+        return cls(members, info["classes"], config, regressors=regressors)
 
     # ---- the region-scoring API --------------------------------------------------------------
 
@@ -173,7 +187,6 @@ class Detector:
         self.timings["proposals"] += time.perf_counter() - start
         return boxes.float().reshape(-1, 4)
 
-    @torch.inference_mode()
     def score_regions(self, image: Any, boxes: Any) -> Tensor:
         """The ensemble's mean softmax for each region of one image.
 
@@ -183,40 +196,78 @@ class Detector:
         Regions go through the network `batch_size()` at a time (bounded memory). With
         inference.mirror each member also scores the mirrored crops and every view counts once.
         """
+        return self._score(load_image(image), _as_boxes(boxes))[0]
+
+    def regress_boxes(self, image: Any, boxes: Any) -> Tensor:
+        """The boxes (Tensor[R, 4]) of one image moved by the members' mean regression for each
+        class and clipped to the image: Tensor[R, K, 4]. ValueError without regressors."""
+        if not self.regressors:
+            raise ValueError("this detector has no box regressors (fit them with `detect fit-boxes`)")
+        return self._score_and_regress(load_image(image), _as_boxes(boxes))[1]
+
+    def score_with_features(self, image: Any, boxes: Any) -> tuple[Tensor, list[Tensor]]:
+        """`score_regions` (Tensor[R, K+1]) and each member's pooled features of the regions, what
+        its box regressor reads: one Tensor[V, R, D_m] per member, V = 2 with inference.mirror
+        (view 1 the mirrored crops)."""
+        scores, _, features = self._score(load_image(image), _as_boxes(boxes), keep_features=True)
+        return scores, features
+
+    def detect(self, image: Any, boxes: Any = None) -> dict[str, Tensor]:
+        """Detections in one image: {"boxes": [D, 4], "scores": [D], "labels": [D] in 1..K}.
+
+        boxes: regions to score (Tensor[R, 4]); None = this detector's proposals. With
+        regressors and inference.box_regression each region's box is regressed per class first.
+        """
         pixels = load_image(image)
-        boxes = _as_boxes(boxes)
-        out = torch.zeros((len(boxes), len(self.classes) + 1), device=self.device)
+        boxes = self.propose(pixels) if boxes is None else _as_boxes(boxes)
+        if self.regressors and self.config.inference.box_regression:
+            scores, boxes = self._score_and_regress(pixels, boxes)
+            return self.select(boxes, scores)
+        return self.select(boxes, self._score(pixels, boxes)[0])
+
+    def _score_and_regress(self, pixels: np.ndarray, boxes: Tensor) -> tuple[Tensor, Tensor]:
+        """(scores Tensor[R, K+1], regressed boxes Tensor[R, K, 4] clipped) from one pass."""
+        scores, deltas, _ = self._score(pixels, boxes, regress=True)
+        return scores, clip_boxes_to_image(decode_boxes(boxes, deltas), pixels.shape[:2])
+
+    @torch.inference_mode()
+    def _score(self, pixels: np.ndarray, boxes: Tensor, regress: bool = False,
+               keep_features: bool = False) -> tuple[Tensor, Tensor | None, list[Tensor] | None]:
+        """One pass of every member (and view) over the regions: (mean softmax [R, K+1], mean
+        regression deltas [R, K, 4] if `regress`, per-member features [V, R, D] if `keep_features`).
+        A mirrored view's deltas have tx negated: they move the mirrored box."""
+        if self.config.mode != "rcnn":  # one trunk pass an image, regions pooled from it
+            return shared_mode.detector_scores(self, pixels, boxes, regress or keep_features)
+        k, mirror, dev = len(self.classes), self.config.inference.mirror, self.device
+        views = len(self.members) * (2 if mirror else 1)
+        out, deltas = torch.zeros((len(boxes), k + 1), device=dev), torch.zeros((len(boxes), k, 4), device=dev) if regress else None
+        feats: list[list[list[Tensor]]] = [[[], []] for _ in self.members]
         normalised: dict[tuple, Tensor] = {}  # one normalised copy per distinct mean/std
-        step = self.batch_size()
-        for start in range(0, len(boxes), step):
-            batch = boxes[start:start + step]
-            crops: dict[tuple, Tensor] = {}
-            total = torch.zeros((), device=self.device)
-            for model, meta in self.members:
+        for start in range(0, len(boxes), step := self.batch_size()):
+            batch, crops = boxes[start:start + step], {}
+            total, moves = torch.zeros((), device=self.device), torch.zeros((), device=self.device)
+            for m, (model, meta) in enumerate(self.members):
                 key = (meta.mean, meta.std, self.config.regions.crop_size or meta.input_size)
                 if key not in crops:
                     if key[:2] not in normalised:
                         normalised[key[:2]] = to_tensor(pixels, meta.mean, meta.std, self.device)
                     crops[key] = self._crops(normalised[key[:2]], batch, key[2])
+                    if mirror:  # the paper's test-time mirroring: flipped once per batch, shared by members
+                        crops[(*key, "mirror")] = crops[key].flip(-1)
                 if self._check_fast:
                     self._check_fast_precision(model, crops[key])
-                total = total + self._probabilities(model, crops[key])
-                if self.config.inference.mirror:  # the paper's test-time mirroring, per region
-                    if (*key, "mirror") not in crops:  # flipped once per batch, shared by members
-                        crops[(*key, "mirror")] = crops[key].flip(-1)
-                    total = total + self._probabilities(model, crops[(*key, "mirror")])
-            views = len(self.members) * (2 if self.config.inference.mirror else 1)
+                for view, x in enumerate([crops[key], crops[(*key, "mirror")]] if mirror else [crops[key]]):
+                    probs, pooled = self._forward(model, x)
+                    total = total + probs
+                    if regress:
+                        moves = moves + mirror_deltas(self.regressors[m].predict_deltas(pooled), view == 1)
+                    if keep_features:
+                        feats[m][view].append(pooled)
             out[start:start + len(batch)] = total / views
-        return out.cpu()  # one wait
-
-    def detect(self, image: Any, boxes: Any = None) -> dict[str, Tensor]:
-        """Detections in one image: {"boxes": [D, 4], "scores": [D], "labels": [D] in 1..K}.
-
-        boxes: regions to score (Tensor[R, 4]); None = this detector's proposals.
-        """
-        pixels = load_image(image)
-        boxes = self.propose(pixels) if boxes is None else _as_boxes(boxes)
-        return self.select(boxes, self.score_regions(pixels, boxes))
+            if regress:
+                deltas[start:start + len(batch)] = moves / views
+        features = [torch.stack([torch.cat(v) for v in f if v]) for f in feats] if keep_features and len(boxes) else None
+        return out.cpu(), deltas.cpu() if regress else None, features and [f.cpu() for f in features]  # one wait
 
     def select(self, boxes: Tensor, scores: Tensor) -> dict[str, Tensor]:
         """`select_detections` (per-class NMS) with this detector's inference settings.
@@ -270,6 +321,10 @@ class Detector:
     def _probabilities(self, model: nn.Module, crops: Tensor, fast: bool = True) -> Tensor:
         """Softmax [B, K+1] (float32) of one member, under the configured precision
         (fast=False: float32)."""
+        return self._forward(model, crops, fast)[0]
+
+    def _forward(self, model: nn.Module, crops: Tensor, fast: bool = True) -> tuple[Tensor, Tensor]:
+        """(softmax [B, K+1], pooled features [B, D]) of one member, both float32."""
         start = time.perf_counter()
         dtype = self.dtype if fast else None
         # The trunk runs in the fast dtype; the head (pool + linear) in float32: logits rounded
@@ -277,47 +332,16 @@ class Detector:
         # several hundredths on their own, for a negligible share of the multiply-adds.
         with torch.autocast(self.device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None):
             features = model.forward_features(crops)
-        probs = model.forward_head(features.float()).float().softmax(dim=1)
+        features = features.float()
+        probs = model.forward_head(features).float().softmax(dim=1)
+        pooled = model.pool_features(features)
         self._sync()
         self.timings["network"] += time.perf_counter() - start
-        return probs
+        return probs, pooled
 
     def _sync(self) -> None:
         if self.timed and self.device.type == "cuda":  # a wait per stage and batch: only when timing
             torch.cuda.synchronize(self.device)
-
-
-def detect_dataset(detector: Detector, dataset: Any, batch_size: int | None = None,
-                   proposals_cache: Any = None, progress: bool = True,
-                   proposal_workers: int | None = None) -> dict[int, dict[str, Tensor]]:
-    """Run `detector` over every image of a DetectionDataset: {image_id: detections}.
-
-    proposals_cache: a proposals.ProposalCache; images it lacks get proposals computed here.
-    batch_size: regions per forward pass for this call (default: the detector's config).
-    proposal_workers: without a cache, processes that compute the next images' proposals while
-        the network scores this one (detect.overlap; 0 = inline; default cores - 1, at least 1).
-    Raises InputError on an unreadable image (an evaluation must not skip images silently).
-    """
-    from tqdm import tqdm
-
-    from detect.overlap import default_proposal_workers, proposals_ahead
-
-    inf = detector.config.inference
-    saved, inf.batch_size = inf.batch_size, batch_size or inf.batch_size
-    workers = default_proposal_workers() if proposal_workers is None else proposal_workers
-    ahead = proposals_ahead(detector, [rec.path for rec in dataset.images],
-                            workers if proposals_cache is None else 0)
-    results = {}
-    try:
-        for rec, boxes in tqdm(zip(dataset.images, ahead), desc="detect", unit="image",
-                               total=len(dataset.images), disable=not progress):
-            cached = proposals_cache.get(rec.key) if proposals_cache is not None else None
-            boxes = cached[0] if cached is not None else boxes
-            results[rec.image_id] = detector.detect(rec.path, boxes)
-    finally:
-        ahead.close()
-        inf.batch_size = saved
-    return results
 
 
 def save_detector_run(out_dir: str | Path, members: Sequence[Member], config: DetectorConfig,

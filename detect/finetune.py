@@ -345,5 +345,10 @@ def _train_detector(cfg: DetectorConfig, dataset: DetectionDataset, val_dataset:
     if dist.is_main:
         multibox = cfg.proposals.multibox.model if cfg.proposals.multibox.enabled else None
         save_detector_run(out_dir, trained, cfg, dataset.classes, multibox_dir=multibox)
+        if cfg.box_regression.enabled:  # R-CNN's box regressors, on the same training proposals
+            from detect.fit_boxes import fit_run  # here: it imports detect.detector, as this module does
+
+            box = cfg.box_regression
+            fit_run(out_dir, dataset, proposals_cache_dir, box.ridge_lambda, box.min_iou, device=str(dist.device))
     barrier()
     return out_dir

@@ -48,8 +48,7 @@ def detect_image(detector: Detector, path: str | Path, out_dir: str | Path,
     start, before = time.perf_counter(), dict(detector.timings)
     pixels = load_image(path)                        # uint8 [H, W, 3] RGB, decoded once
     boxes = detector.propose(pixels)                 # Tensor[N, 4]: selective search (+ MultiBox)
-    scores = detector.score_regions(pixels, boxes)   # Tensor[N, K+1]: the members' mean softmax
-    dets = detector.select(boxes, scores)            # per-class NMS: D detections
+    dets = detector.detect(pixels, boxes)            # scores, box regression, per-class NMS: D detections
     save_detections_png(out / f"{path.stem}.png", pixels, dets, detector.classes, display_threshold)
     stages = _stage_seconds(detector, before)
     echo(_summary_line(path, dets, detector.classes, time.perf_counter() - start, stages))
