@@ -137,7 +137,7 @@ def make_item_crops(out: str | Path, counts: dict[str, int], size: int = 56, see
     start from (`finetune.init_head: match` carries it)."""
     import multiprocessing as mp
 
-    from tqdm import tqdm
+    from backbone.progress import progress as progress_bar
 
     if set(counts) - {"train", "val"}:
         raise SystemExit("item crops are made for train and val only (the test items stay unseen)")
@@ -149,8 +149,8 @@ def make_item_crops(out: str | Path, counts: dict[str, int], size: int = 56, see
     chunks = [(root, s, a, min(a + 500, c), seed, size, str(fashion_mnist), bg)
               for bg, per_split in ((False, counts), (True, extra)) for s, c in per_split.items()
               for a in range(0, c, 500)]
-    bar = tqdm(total=sum(counts.values()) + sum(extra.values()), desc="item crops", unit="img",
-               disable=not progress)
+    bar = progress_bar(total=sum(counts.values()) + sum(extra.values()), desc="item crops", unit="img",
+                       disable=not progress)
     if workers <= 1:
         for chunk in chunks:
             bar.update(_write_chunk(*chunk))

@@ -323,9 +323,8 @@ def make_scenes(out: str | Path, counts: dict[str, int], seed: int = 0, first: i
     Returns the keys written per split. The split lists and classes.txt are rewritten for
     the requested splits only (a split asked with 0 scenes keeps its old list, if any).
     """
-    from tqdm import tqdm
-
     from backbone.io import atomic_write_text
+    from backbone.progress import progress as progress_bar
 
     root = Path(out)
     photos = load_photos()
@@ -334,7 +333,7 @@ def make_scenes(out: str | Path, counts: dict[str, int], seed: int = 0, first: i
     atomic_write_text(root / "classes.txt", "\n".join(CLASSES) + "\n")
     jobs = [(s, i) for s, n in counts.items() for i in range(first, first + n)]
     keys: dict[str, list[str]] = {s: [] for s, n in counts.items() if n > 0}
-    for split, index in tqdm(jobs, desc="scenes", unit="img", disable=not progress):
+    for split, index in progress_bar(jobs, desc="scenes", unit="img", disable=not progress):
         scene = make_scene(split, index, seed, photos, fmnist)
         write_scene(root, scene_key(split, index), scene, quality)
         keys[split].append(scene_key(split, index))
