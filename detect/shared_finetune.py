@@ -82,12 +82,13 @@ def step_inputs(decoded: list, group: list[int], cfg: DetectorConfig, meta: Mode
         height, width = x.shape[-2:]
         scale = image_scale(height, width, cfg.shared.short_side, cfg.shared.max_side)
         size_hw = scaled_size(height, width, scale)
-        rois.append(region_rois(boxes.to(dist.device), (size_hw[0] / height, size_hw[1] / width), size,
-                                cfg.regions.context_pad))
+        rois.append(region_rois(boxes.to(dist.device, non_blocking=True), (size_hw[0] / height, size_hw[1] / width),
+                                size, cfg.regions.context_pad))  # non_blocking: no wait for the GPU's queue
         images.append(x)
         scales.append(scale)
         labels.append(sample.labels)
-    y = torch.cat(labels).to(dist.device) if labels else torch.zeros(0, dtype=torch.int64, device=dist.device)
+    y = torch.cat(labels).to(dist.device, non_blocking=True) if labels else \
+        torch.zeros(0, dtype=torch.int64, device=dist.device)
     return images, rois, scales, y
 
 

@@ -12,33 +12,26 @@ Shapes: B images, R regions, K foreground classes (K+1 outputs, 0 = background).
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 from torchvision.ops import batched_nms
 
 from backbone.config import load_config, save_config
 from backbone.distributed import DistInfo
 from backbone.engine import Schedule, TrainState, make_optimizer
-from backbone.io import atomic_write_text
-from backbone.models import ModelMeta, build_model, save_classifier
+from backbone.models import ModelMeta, build_model
 from cli_helpers import run
 from detect.config import DetectorConfig
-from detect.data import load_dataset, write_voc
+from detect.data import load_dataset
 from detect.detector import Detector, select_detections
 from detect.regions import dilate_boxes, scaled_context_pad, warp_regions
-from proposals import ProposalCache
+from device_checks import (CLASSES, amp_dtype, changed, conv_dtypes, device_reads, extra_step_syncs,
+                           make_class_folders, make_init_run, make_voc, snapshot)
 
 GPU = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU (torch.cuda.is_available() is False)")
 DEVICES = ["cpu", pytest.param("cuda", marks=[pytest.mark.cuda, GPU])]
-COLOURS = [(220, 40, 40), (40, 200, 60), (50, 60, 230)]
-CLASSES = ["red", "green", "blue"]
-READS = ("item", "tolist", "__float__", "__int__", "__bool__")
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -54,104 +47,6 @@ def one_thread():
 def quiet_progress(monkeypatch):
     """The progress bar reads the device's sums when it is due: never, during these short steps."""
     monkeypatch.setattr("backbone.engine.PROGRESS_SECONDS", 1e9)
-
-
-@contextmanager
-def device_reads(device: str, callers: tuple[str, ...]) -> Iterator[list[str]]:
-    """Host reads of tensors on `device` made by code in files ending with `callers` (each one a
-    wait for the device on a GPU)."""
-    seen: list[str] = []
-    with pytest.MonkeyPatch.context() as patch:
-        for name in READS:
-            def probe(self, *args, _original=getattr(torch.Tensor, name), _name=name, **kwargs):
-                where = sys._getframe(1).f_code.co_filename.replace("\\", "/")
-                if self.device.type == device and where.endswith(callers):
-                    seen.append(_name)
-                return _original(self, *args, **kwargs)
-            patch.setattr(torch.Tensor, name, probe)
-        yield seen
-
-
-@contextmanager
-def conv_dtypes(model: torch.nn.Module) -> Iterator[set]:
-    """The dtypes of every Conv2d output computed inside the block."""
-    seen: set = set()
-    handles = [m.register_forward_hook(lambda _m, _i, out: seen.add(out.dtype))
-               for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
-    try:
-        yield seen
-    finally:
-        for h in handles:
-            h.remove()
-
-
-def amp_dtype(device: str, cuda_dtype: torch.dtype) -> torch.dtype:
-    """What the trainers compute their convolutions in: `cuda_dtype` on CUDA, float32 on the CPU."""
-    return cuda_dtype if device == "cuda" else torch.float32
-
-
-def snapshot(model: torch.nn.Module) -> dict:
-    return {k: v.detach().clone() for k, v in model.state_dict().items()}
-
-
-def changed(before: dict, model: torch.nn.Module) -> bool:
-    return any(not torch.equal(v, model.state_dict()[k]) for k, v in before.items() if v.is_floating_point())
-
-
-# ----------------------------------------------------------------------------- generated data
-
-def colour_image(rng: np.random.Generator, colour: tuple, size: int) -> np.ndarray:
-    noise = rng.integers(-40, 41, size=(size, size, 3))
-    return np.clip(np.array(colour) + noise, 0, 255).astype(np.uint8)
-
-
-def make_class_folders(root: Path, per_class: int = 4, val: int = 2, size: int = 32) -> Path:
-    """root/{train,val}/c<k>/*.png: noisy images of colour k."""
-    rng = np.random.default_rng(0)
-    for split, n in (("train", per_class), ("val", val)):
-        for k, colour in enumerate(COLOURS):
-            folder = root / split / f"c{k}"
-            folder.mkdir(parents=True, exist_ok=True)
-            for i in range(n):
-                Image.fromarray(colour_image(rng, colour, size)).save(folder / f"{i}.png")
-    return root
-
-
-def make_voc(root: Path, images: int = 4, size: int = 96) -> Path:
-    """A VOC folder (split "train"): grey noise with two coloured squares per image, one in
-    each half, and a proposal cache beside it (root/cache: each box, jittered, and a grid)."""
-    rng = np.random.default_rng(1)
-    (root / "JPEGImages").mkdir(parents=True, exist_ok=True)
-    cache, keys = ProposalCache(root / "cache"), []
-    grid = torch.tensor([[x, y, x + 32, y + 32] for x in range(0, size - 31, 16) for y in range(0, size - 31, 16)],
-                        dtype=torch.float32)
-    for i in range(images):
-        pixels = colour_image(rng, (128, 128, 128), size)
-        boxes, labels = [], []
-        for half in range(2):
-            side = int(rng.integers(24, 40))
-            x1, y1 = half * size // 2 + int(rng.integers(0, size // 2 - side)), int(rng.integers(0, size - side))
-            label = int(rng.integers(1, len(CLASSES) + 1))
-            pixels[y1:y1 + side, x1:x1 + side] = COLOURS[label - 1]
-            boxes.append([x1, y1, x1 + side, y1 + side])
-            labels.append(label)
-        key, gt = f"img{i}", torch.tensor(boxes, dtype=torch.float32)
-        Image.fromarray(pixels).save(root / "JPEGImages" / f"{key}.png")
-        write_voc(root, key, (size, size), gt, torch.tensor(labels), CLASSES, filename=f"{key}.png")
-        proposals = torch.cat([gt, gt + 3, gt - 4, grid]).clamp(0, size)
-        cache.put(key, proposals, torch.zeros(len(proposals)))
-        keys.append(key)
-    atomic_write_text(root / "ImageSets" / "Main" / "train.txt", "\n".join(keys) + "\n")
-    return root
-
-
-def make_init_run(folder: Path, input_size: int = 32) -> Path:
-    """A random width-1/8 classifier run that the detector's members start from."""
-    torch.manual_seed(0)
-    model = build_model("googlenet", 5, width=0.125)
-    save_classifier(folder, model, ModelMeta("googlenet", 5, [f"c{i}" for i in range(5)], width=0.125,
-                                             input_size=input_size, mean=(0.5,) * 3, std=(0.25,) * 3))
-    return folder
 
 
 @pytest.fixture(scope="module")
@@ -183,6 +78,11 @@ def test_classifier_step_under_autocast(device, data):
     assert dtypes == {amp_dtype(device, torch.float16)}
     assert np.isfinite(loss) and changed(before, model) and np.isfinite(state.scaler.get_scale())
     assert reads == ["tolist"]  # once, at the end of the epoch: never per batch
+
+    def run(steps: int) -> None:
+        train_one_epoch(model, state, batches[:steps], Schedule(0.01, 1, steps), cfg, 0, dev, show_progress=False)
+    # float16 loss scaling reads its inf check every step (torch's GradScaler), not the trainer's code
+    assert extra_step_syncs(device, run, ("grad_scaler.py",)) == []
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -222,7 +122,9 @@ def region_setup(device: str, data: dict, *overrides: str):
                                              "finetune.epochs=1", "finetune.bg_iou_low=0.0", *overrides])
     dist = DistInfo(0, 1, 0, torch.device(device))
     dataset = load_dataset(data["voc"], "train")
-    loader = make_loader(TrainImages(dataset.images, data["voc"] / "cache", cfg.finetune), dist, 0)
+
+    def loader(steps: int):  # 2 images a step
+        return make_loader(TrainImages(dataset.images[:2 * steps], data["voc"] / "cache", cfg.finetune), dist, 0)
     model, meta = member_network(data["init"], dataset.classes, cfg.finetune, 0, dist.device)
     state = TrainState(model, make_optimizer(model, "sgd", 0.01, 0.9, 5e-4))
     return cfg, dist, loader, model, meta, state, make_schedule(cfg.finetune, 2)
@@ -235,10 +137,12 @@ def test_region_finetune_step_under_autocast(device, data):
     cfg, dist, loader, model, meta, state, schedule = region_setup(device, data)
     before = snapshot(model)
     with conv_dtypes(model) as dtypes, device_reads(device, ("detect/finetune.py", "backbone/engine.py")) as reads:
-        record = train_one_epoch(model, state, loader, schedule, meta, cfg, 0, 0, dist, "test")
+        record = train_one_epoch(model, state, loader(2), schedule, meta, cfg, 0, 0, dist, "test")
     assert dtypes == {amp_dtype(device, torch.bfloat16)}
     assert record["steps"] == 2 and np.isfinite(record["loss"]) and changed(before, model)
     assert reads == ["tolist"]
+    assert extra_step_syncs(device, lambda n: train_one_epoch(model, state, loader(n), schedule, meta, cfg, 0, 0, dist,
+                                                              "test")) == []
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -250,10 +154,12 @@ def test_shared_finetune_step_under_autocast(device, data):
     before = snapshot(model)
     callers = ("detect/shared_mode.py", "backbone/engine.py")
     with conv_dtypes(model) as dtypes, device_reads(device, callers) as reads:
-        record = train_one_epoch(net, state, loader, schedule, meta, cfg, 0, 0, dist, "test")
+        record = train_one_epoch(net, state, loader(2), schedule, meta, cfg, 0, 0, dist, "test")
     assert dtypes == {amp_dtype(device, torch.bfloat16)}
     assert record["steps"] == 2 and np.isfinite(record["loss"]) and changed(before, model)
     assert reads == ["tolist"]
+    assert extra_step_syncs(device, lambda n: train_one_epoch(net, state, loader(n), schedule, meta, cfg, 0, 0, dist,
+                                                              "test")) == []
 
 
 # ----------------------------------------------------------------------------- two steps of each command
@@ -393,6 +299,7 @@ def test_scoring_waits_for_the_device_once_per_image(device, data, monkeypatch):
     monkeypatch.setattr(torch.cuda, "synchronize", lambda *a, **k: waits.append(1))
     detector.score_regions(image, boxes)
     assert copies.count(device) <= 2 and not waits  # the boxes given, and the scores once
+    assert extra_step_syncs(device, lambda batches: detector.score_regions(image, boxes[:4 * batches])) == []
     detector.timed = True  # timing asked for: each stage waits for the device so that it is honest
     detector.score_regions(image, boxes)
     assert len(waits) == (2 * 5 + 5 if device == "cuda" else 0)  # each member's network, each batch's crops
