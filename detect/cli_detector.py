@@ -21,7 +21,7 @@ from detect.visualize import DISPLAY_THRESHOLD
               help="Detector YAML, e.g. configs/detector_ilsvrc.yaml (default: R-CNN's settings).")
 @click.option("--out", required=True, type=click.Path(file_okay=False),
               help="Detector run folder (what `detect run --model` and `Detector.load` read).")
-@click.option("--members", type=int, default=None,
+@click.option("--members", type=click.IntRange(min=1), default=None,
               help="Ensemble size (default: finetune.members of the config).")
 @click.option("--split", default=None,
               help="Training split of a VOC/ILSVRC data set (ImageSets/Main/SPLIT.txt; default: every image).")
@@ -29,9 +29,13 @@ from detect.visualize import DISPLAY_THRESHOLD
               help="Validation split: VOC 2012 mAP@0.5 of each member after every epoch.")
 @click.option("--resume", is_flag=True, help="Continue from the run folder's checkpoints.")
 @click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:1 or auto.")
+@click.option("--workers", type=click.IntRange(min=0), default=None,
+              help="Data loading processes per training process (finetune.workers).")
+@click.option("--threads", type=click.IntRange(min=0), default=None,
+              help="CPU threads of torch per process, 0 = torch's default (finetune.threads).")
 @click.argument("overrides", nargs=-1)
 def train_detector(data, proposals_dir, init_run, config_path, out, members, split, val_split, resume,
-                   device, overrides) -> None:
+                   device, workers, threads, overrides) -> None:
     """Fine-tune an ensemble of GoogLeNet region classifiers, R-CNN style.
 
     \b
@@ -41,11 +45,13 @@ def train_detector(data, proposals_dir, init_run, config_path, out, members, spl
     the images of every mini-batch; finetune.images_per_batch must be a multiple of N).
     """
     from backbone.config import load_config
+    from detect.cli_train import option_overrides
     from detect.config import DetectorConfig
     from detect.data import load_dataset
     from detect.finetune import train_detector as train
 
-    cfg = load_config(DetectorConfig, config_path, overrides)
+    shortcuts = option_overrides("finetune", workers=workers, threads=threads)
+    cfg = load_config(DetectorConfig, config_path, [*shortcuts, *overrides])
     dataset = load_dataset(data, split=split)
     val = load_dataset(data, split=val_split) if val_split else None
     run_dir = train(cfg, dataset, val, proposals_dir, init_run, out, members=members, resume=resume,
