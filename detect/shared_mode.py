@@ -120,7 +120,7 @@ def region_rois(boxes: Tensor, scales: tuple[float, float], input_size: int, con
     """
     regions = dilate_boxes(boxes.float(), input_size, scaled_context_pad(context_pad, input_size))
     n = grid_size(input_size)
-    s = regions.new_tensor([scales[1], scales[0]])  # x, y
+    s = torch.tensor([scales[1], scales[0]]).to(regions.device, non_blocking=True)  # x, y; no wait for a GPU
     start, extent = regions[:, :2] * s, (regions[:, 2:] - regions[:, :2]) * s
     a = start - (FIRST_CENTRE - STRIDE / 2) * (1 - extent / input_size)
     return torch.cat([a, a + extent * (STRIDE * n / input_size)], dim=1)
