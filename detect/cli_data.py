@@ -64,9 +64,12 @@ def eval_map(data: str, split: str | None, detections: str | None, models: list[
     if detections is not None:
         dets = read_detections(detections, dataset)
     else:
+        from detect.cli_detector import thread_split
         from detect.detector import Detector, detect_dataset
+
+        workers = thread_split(None, None, device, single=False)  # as `detect run --images`
         det = Detector.load(models[0] if models else None, device=device)
-        dets = detect_dataset(det, dataset, batch_size=batch_size)
+        dets = detect_dataset(det, dataset, batch_size=batch_size, proposal_workers=workers)
     report = evaluate_map(dataset, dets, protocol, iou_threshold=iou_threshold)
     click.echo(format_report(report))
     if errors:

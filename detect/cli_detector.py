@@ -112,7 +112,7 @@ def run(images, image_dir, model, out, device, score_threshold, display_threshol
     paths = _checked_images(images, image_dir)  # before the model loads: a bad input is one line
     part = parse_shard(shard) if shard is not None else torchrun_shard()
     single = len(images) == 1 and image_dir is None and part is None
-    workers = _thread_split(workers if workers is not None else old_workers, threads, device, single)
+    workers = thread_split(workers if workers is not None else old_workers, threads, device, single)
     settings = {k: v for k, v in (("score_threshold", score_threshold), ("batch_size", batch_size)) if v is not None}
     if single:  # one picture: the straight path
         detector = Detector.load(model, device, overrides, **settings)
@@ -169,7 +169,7 @@ def _header_reads(path: Path) -> bool:
         return False
 
 
-def _thread_split(workers: int | None, threads: int | None, device: str, single: bool) -> int:
+def thread_split(workers: int | None, threads: int | None, device: str, single: bool) -> int:
     """Set torch's thread count and return the proposal workers. One image proposes inline
     with every core on the network. A folder on a CPU gives the network the cores the workers
     leave, at least 1 (2 cores: 1 worker, 1 thread), rather than torch's every core, which the

@@ -118,3 +118,23 @@ def test_training_options_are_shortcuts_for_config_settings():
                                                                                   "train.threads=0"]
     code = cli.commands["train-classifier"]
     assert {"--workers", "--threads", "--batch-size"} <= set(_options(code))
+
+
+def test_eval_map_without_a_model_runs_the_built_in_one(tmp_path, capsys):
+    from detect.data import write_voc
+    from detect.detector import DEFAULT_MODEL_DIR
+
+    classes = json.loads((DEFAULT_MODEL_DIR / "detector.json").read_text())["classes"]
+    (tmp_path / "JPEGImages").mkdir()
+    (tmp_path / "classes.txt").write_text("\n".join(classes) + "\n")  # the model's order
+    pixels = np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(tmp_path / "JPEGImages" / "a.png")
+    write_voc(tmp_path, "a", (64, 64), torch.tensor([[8.0, 8.0, 40.0, 40.0]]), torch.tensor([2]), classes,
+              filename="a.png")
+    threads = torch.get_num_threads()
+    try:
+        code, out, err = run(capsys, "eval", "--map", "--data", str(tmp_path), "--device", "cpu")
+    finally:
+        torch.set_num_threads(threads)
+    assert code == 0, err
+    assert "mAP" in out and classes[1] in out  # the built-in model's classes: it was loaded
