@@ -23,8 +23,9 @@
 #       opencv-contrib-python-headless==4.10.0.84 pycocotools==2.0.11
 #   python3 -m pip wheel --no-deps -w .whl selectivesearch==0.4   # pure Python, published as source only
 #
-# then carry `.whl` (54 MiB, opencv-contrib nearly all of it: with the 10 MiB tree just under the
-# 64 MiB one call may send; 4.10.0.84 is the smallest opencv-contrib built for NumPy 2). The script
+# then carry `.whl` (54 MiB, opencv-contrib nearly all of it; 4.10.0.84 is the smallest built for
+# NumPy 2). With the 10 MiB tree that is just under the 64 MiB one call may send: untracked files
+# count too (`git status --short`); if it does not fit, leave opencv-contrib out. The script
 # installs the wheels itself, `pip install --no-index --no-deps --target /tmp/site .whl/*.whl` put
 # first on PYTHONPATH (its cv2 shadows the machine's contrib-less one), then the project with
 # `pip install --no-deps --no-build-isolation -e .` (the repository root stays on PYTHONPATH if
