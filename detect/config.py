@@ -72,7 +72,7 @@ class FinetuneConfig:
 @dataclass
 class BoxRegressionConfig:
     enabled: bool = True  # train-detector fits each member's box regressors after fine-tuning (detect.fit_boxes)
-    ridge_lambda: float = 1000.0  # ridge penalty on the normalised targets (R-CNN: 1000 on pool5; chosen on the demo's val split)
+    ridge_lambda: float = 1.0  # ridge penalty, targets normalised (R-CNN: 1000 on pool5; 1 chosen on the demo's val, docs/detector.md)
     min_iou: float = 0.6  # training pairs: proposals with at least this IoU to a ground-truth box (R-CNN: 0.6)
 
 

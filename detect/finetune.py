@@ -349,6 +349,9 @@ def _train_detector(cfg: DetectorConfig, dataset: DetectionDataset, val_dataset:
             from detect.fit_boxes import fit_run  # here: it imports detect.detector, as this module does
 
             box = cfg.box_regression
-            fit_run(out_dir, dataset, proposals_cache_dir, box.ridge_lambda, box.min_iou, device=str(dist.device))
+            fitted = fit_run(out_dir, dataset, proposals_cache_dir, box.ridge_lambda, box.min_iou,
+                             device=str(dist.device), required=False)
+            if fitted is None:
+                tqdm.write(f"no box regressors: no proposal has IoU >= {box.min_iou} with a ground-truth box")
     barrier()
     return out_dir

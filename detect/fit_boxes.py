@@ -37,6 +37,10 @@ from detect.records import DetectionDataset, ImageRecord
 from proposals import ProposalCache
 
 
+class NoPairs(InputError):
+    """No proposal of the data set is close enough to a ground-truth box to train on."""
+
+
 class _Pixels(torch.utils.data.Dataset):
     """Decoded images of the records, loaded by DataLoader workers while the network runs."""
 
@@ -94,7 +98,7 @@ def training_pairs(detector: Detector, dataset: DetectionDataset, cache: Proposa
             gts.append(_mirror(gt, width) if view else gt)
             labels.append(lab)
     if not props:
-        raise InputError(dataset.root, f"no proposal has IoU >= {min_iou} with a ground-truth box: nothing to fit")
+        raise NoPairs(dataset.root, f"no proposal has IoU >= {min_iou} with a ground-truth box: nothing to fit")
     return [torch.cat(f) for f in feats], torch.cat(props), torch.cat(gts), torch.cat(labels)
 
 
@@ -153,11 +157,12 @@ def save_regressors(run: str | Path, regressors: Sequence[BoxRegressor]) -> list
 
 def fit_run(run: str | Path, dataset: DetectionDataset, cache_dir: str | Path, ridge_lambda: float,
             min_iou: float, device: str = "auto", batch_size: int = 0, workers: int = 0,
-            val: DetectionDataset | None = None, lambdas: Sequence[float] = ()) -> dict:
+            val: DetectionDataset | None = None, lambdas: Sequence[float] = (), required: bool = True) -> dict | None:
     """Fit and save the box regressors of the detector run `run` on `dataset`'s cached proposals.
 
     With `val` and `lambdas` the lambda is chosen on `val` (`choose_lambda`), else `ridge_lambda`.
-    Returns {"lambda", "pairs", "files", "table" (rows of choose_lambda or [])}.
+    Returns {"lambda", "pairs", "files", "table" (rows of choose_lambda or [])}; with
+    required=False None (and nothing written) when no proposal makes a training pair.
     """
     cache = ProposalCache(cache_dir)
     if not cache.entries.is_dir():
@@ -166,7 +171,12 @@ def fit_run(run: str | Path, dataset: DetectionDataset, cache_dir: str | Path, r
     detector = Detector.load(run, device, box_regression=False, **settings)
     if dataset.classes != detector.classes:
         raise InputError(dataset.root, f"classes {dataset.classes} differ from the run's {detector.classes}")
-    pairs = training_pairs(detector, dataset, cache, min_iou, workers)
+    try:
+        pairs = training_pairs(detector, dataset, cache, min_iou, workers)
+    except NoPairs:
+        if required:
+            raise
+        return None
     table = []
     if val is not None and lambdas:
         ridge_lambda, table = choose_lambda(detector, pairs, val, cache, lambdas, min_iou, workers)
