@@ -48,10 +48,11 @@ def train_detector(data, proposals_dir, init_run, config_path, out, members, spl
     from detect.cli_train import option_overrides
     from detect.config import DetectorConfig
     from detect.data import load_dataset
-    from detect.finetune import train_detector as train
+    from detect import finetune, shared_finetune
 
     shortcuts = option_overrides("finetune", workers=workers, threads=threads)
     cfg = load_config(DetectorConfig, config_path, [*shortcuts, *overrides])
+    train = shared_finetune.train_detector if cfg.mode == "shared" else finetune.train_detector
     dataset = load_dataset(data, split=split)
     val = load_dataset(data, split=val_split) if val_split else None
     run_dir = train(cfg, dataset, val, proposals_dir, init_run, out, members=members, resume=resume,

@@ -23,7 +23,7 @@ the single-process one on the whole mini-batch.
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 
@@ -291,7 +291,8 @@ def _check_inputs(cfg: DetectorConfig, out_dir: Path, resume: bool, n_images: in
 def train_detector(cfg: DetectorConfig, dataset: DetectionDataset,
                    val_dataset: DetectionDataset | None, proposals_cache_dir: str | Path,
                    init_run: str | Path | Sequence[str | Path], out_dir: str | Path,
-                   members: int | None = None, resume: bool = False, device: str = "auto") -> Path:
+                   members: int | None = None, resume: bool = False, device: str = "auto",
+                   member_trainer: Callable | None = None) -> Path:
     """Fine-tune an ensemble of region classifiers and save the detector run in `out_dir`.
 
     Args:
@@ -306,16 +307,19 @@ def train_detector(cfg: DetectorConfig, dataset: DetectionDataset,
             different classifiers make errors less alike, so their mean gains more).
         members: ensemble size (default cfg.finetune.members).
         resume: continue from the checkpoints in `out_dir`.
+        member_trainer: `train_member`'s stand-in (detect.shared_finetune's for mode: shared).
     Returns the run folder (load it with `detect.Detector.load`).
     """
+    if cfg.mode == "shared" and member_trainer is None:
+        raise InputError(None, "mode: shared trains with detect.shared_finetune.train_detector")
     with distributed(device, cfg.finetune.threads) as dist:
         return _train_detector(cfg, dataset, val_dataset, proposals_cache_dir, init_run, Path(out_dir),
-                               members, resume, dist)
+                               members, resume, dist, member_trainer or train_member)
 
 
 def _train_detector(cfg: DetectorConfig, dataset: DetectionDataset, val_dataset: DetectionDataset | None,
                     proposals_cache_dir: str | Path, init_run: str | Path | Sequence[str | Path],
-                    out_dir: Path, members: int | None, resume: bool, dist: DistInfo) -> Path:
+                    out_dir: Path, members: int | None, resume: bool, dist: DistInfo, train: Callable) -> Path:
     if members is not None:
         cfg = replace(cfg, finetune=replace(cfg.finetune, members=members))
     cache = ProposalCache(proposals_cache_dir)
@@ -338,8 +342,6 @@ def _train_detector(cfg: DetectorConfig, dataset: DetectionDataset, val_dataset:
     inits = [init_run] if isinstance(init_run, (str, Path)) else list(init_run)
     if not inits:
         raise InputError(None, "train-detector needs at least one classifier run to start from (--init)")
-    from detect.shared_finetune import train_member as train_shared  # here: it imports this module
-    train = train_shared if cfg.mode == "shared" else train_member  # Fast R-CNN's step, or R-CNN's
     trained = [train(m, inits[m % len(inits)], dataset.classes, loader, cfg, out_dir, val, resume, dist)
                for m in range(cfg.finetune.members)]
     if dist.is_main:

@@ -33,6 +33,7 @@ from backbone.engine import Meter, Schedule, TrainState, load_state, log_epoch, 
 from backbone.models import ModelMeta
 from detect.config import DetectorConfig
 from detect.data import DetectionDataset
+from detect import finetune
 from detect.finetune import LOG_FILE, make_schedule, member_network, validate
 from detect.regions import to_tensor
 from detect.sampling import SEED_DROPOUT, epoch_batches, mix_seed, sample_minibatch
@@ -151,3 +152,9 @@ def train_member(index: int, init_run: str | Path, classes: list[str], loader: t
             save_state(ckpt_path, state, member=index, finetune=config_to_dict(ft))
         barrier()
     return model.eval(), meta
+
+
+def train_detector(cfg: DetectorConfig, *args, **kwargs) -> Path:
+    """`detect.finetune.train_detector` with this module's member trainer (what train-detector
+    runs for mode: shared); the same arguments."""
+    return finetune.train_detector(cfg, *args, member_trainer=train_member, **kwargs)

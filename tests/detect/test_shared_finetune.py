@@ -11,9 +11,10 @@ from backbone.errors import InputError
 from backbone.io import load_image, load_weights
 from detect.config import DetectorConfig
 from detect.data import load_dataset
-from detect.finetune import TrainImages, make_loader, member_network, train_detector
+from detect.finetune import TrainImages, make_loader, member_network
+from detect.finetune import train_detector as rcnn_train_detector
 from detect.regions import to_tensor
-from detect.shared_finetune import step_inputs
+from detect.shared_finetune import step_inputs, train_detector
 from detect.shared_mode import ensemble_scores, region_rois
 from proposals import compute_proposals
 from shapes_data import make_init_classifier, make_shapes_dataset, small_image_proposals
@@ -96,6 +97,9 @@ def test_resume_equals_straight_and_the_run_scores_in_the_shared_mode(setup):
     with pytest.raises(InputError, match="mode"):
         train_detector(_cfg("mode=fast"), s["train"], None, s["cache"], s["init"], s["root"] / "bad", members=1,
                        device="cpu")
+    with pytest.raises(InputError, match="shared_finetune"):  # the R-CNN trainer does not train it
+        rcnn_train_detector(_cfg(), s["train"], None, s["cache"], s["init"], s["root"] / "bad", members=1,
+                            device="cpu")
 
 
 def test_rois_follow_the_mirror(setup):
