@@ -206,11 +206,9 @@ class Detector:
         return self._score_and_regress(load_image(image), _as_boxes(boxes))[1]
 
     def score_with_features(self, image: Any, boxes: Any) -> tuple[Tensor, list[Tensor]]:
-        """`score_regions` (Tensor[R, K+1]) and each member's pooled features of the regions, what
-        its box regressor reads: one Tensor[V, R, D_m] per member, V = 2 with inference.mirror
-        (view 1 the mirrored crops)."""
-        scores, _, features = self._score(load_image(image), _as_boxes(boxes), keep_features=True)
-        return scores, features
+        """`score_regions` (Tensor[R, K+1]) and each member's pooled features, what its box regressor
+        reads: Tensor[V, R, D_m] per member, V = 2 with inference.mirror (view 1 mirrored)."""
+        return self._score(load_image(image), _as_boxes(boxes), keep_features=True)[::2]
 
     def detect(self, image: Any, boxes: Any = None) -> dict[str, Tensor]:
         """Detections in one image: {"boxes": [D, 4], "scores": [D], "labels": [D] in 1..K}.
@@ -221,8 +219,7 @@ class Detector:
         pixels = load_image(image)
         boxes = self.propose(pixels) if boxes is None else _as_boxes(boxes)
         if self.regressors and self.config.inference.box_regression:
-            scores, boxes = self._score_and_regress(pixels, boxes)
-            return self.select(boxes, scores)
+            return self.select(*self._score_and_regress(pixels, boxes)[::-1])
         return self.select(boxes, self._score(pixels, boxes)[0])
 
     def _score_and_regress(self, pixels: np.ndarray, boxes: Tensor) -> tuple[Tensor, Tensor]:
