@@ -12,7 +12,7 @@ from importlib import import_module
 _EXPORTS = {
     "DetectorConfig": "detect.config", "FinetuneConfig": "detect.config",
     "InferenceConfig": "detect.config", "RegionConfig": "detect.config",
-    "Detector": "detect.detector", "detect_dataset": "detect.detector",
+    "Detector": "detect.detector", "detect_dataset": "detect.dataset_detections",
     "save_detector_run": "detect.detector", "select_detections": "detect.detector",
     "warp_regions": "detect.regions",
 }

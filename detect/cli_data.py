@@ -65,7 +65,8 @@ def eval_map(data: str, split: str | None, detections: str | None, models: list[
         dets = read_detections(detections, dataset)
     else:
         from detect.cli_detector import thread_split
-        from detect.detector import Detector, detect_dataset
+        from detect.dataset_detections import detect_dataset
+        from detect.detector import Detector
 
         workers = thread_split(None, None, device, single=False)  # as `detect run --images`
         det = Detector.load(models[0] if models else None, device=device)

@@ -40,7 +40,6 @@ from detect.box_regression import BoxRegressor, decode_boxes, load_member_regres
 from detect import shared_mode
 from detect.config import PRECISIONS, DetectorConfig, InferenceConfig
 from detect.regions import to_tensor, warp_regions
-from detect.dataset_detections import detect_dataset  # noqa: F401 (its home before; imported from here)
 
 FAST_CHECK_REGIONS = 8  # regions compared in float32 and the fast dtype before "auto" trusts it
 FAST_MAX_DIFF = 0.02  # the largest softmax difference "auto" accepts (issue 7)

@@ -44,7 +44,8 @@ from backbone.progress import write
 from backbone.warm_start import carry_rows, class_key, main_head, match_rows  # class_key: also read from here
 from detect.config import MODES, DetectorConfig, FinetuneConfig
 from detect.data import DetectionDataset, ImageRecord
-from detect.detector import BACKGROUND, Detector, detect_dataset, save_detector_run
+from detect.dataset_detections import detect_dataset
+from detect.detector import BACKGROUND, Detector, save_detector_run
 from detect.metrics import evaluate_map
 from detect.regions import to_tensor, warp_regions
 from detect.sampling import (SEED_DROPOUT, SEED_HEAD, EpochSteps, LabelledRegions, RegionSample, epoch_batches,

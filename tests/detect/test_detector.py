@@ -7,7 +7,8 @@ import torch
 from PIL import Image
 
 from backbone.errors import InputError
-from detect.detector import Detector, detect_dataset, save_detector_run, select_detections
+from detect.dataset_detections import detect_dataset
+from detect.detector import Detector, save_detector_run, select_detections
 from detect.regions import to_tensor, warp_regions
 from tiny_detector import CLASSES, CROP, make_config, tiny_member
 

@@ -23,7 +23,8 @@ from PIL import Image
 
 from detect.cli import main
 from detect.data import DetectionDataset, ImageRecord
-from detect.detector import Detector, detect_dataset, save_detector_run
+from detect.dataset_detections import detect_dataset
+from detect.detector import Detector, save_detector_run
 from tiny_detector import CLASSES, make_config, tiny_member
 
 ROOT = Path(__file__).resolve().parents[2]
