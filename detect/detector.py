@@ -42,7 +42,7 @@ from detect.config import PRECISIONS, DetectorConfig, InferenceConfig
 from detect.regions import to_tensor, warp_regions
 
 FAST_CHECK_REGIONS = 8  # regions compared in float32 and the fast dtype before "auto" trusts it
-FAST_MAX_DIFF = 0.02  # the largest softmax difference "auto" accepts (issue 7)
+FAST_MAX_DIFF = 0.02  # the largest softmax difference "auto" accepts against float32
 RUN_JSON = "detector.json"
 RUN_YAML = "detector.yaml"
 BACKGROUND = "__background__"

@@ -178,7 +178,7 @@ def test_detect_dataset_uses_cache(image):
 
 
 def test_fast_precision_agrees_with_float32(image):
-    """Issue 7: bfloat16 (the CPU's fast setting) vs float32: softmax within 0.02, same top class."""
+    """bfloat16 (the CPU's fast setting) vs float32: softmax within 0.02, same top class."""
     rng = np.random.default_rng(1)
     xy = rng.uniform(0, 80, (100, 2))
     wh = rng.uniform(10, 60, (100, 2))
