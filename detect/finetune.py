@@ -244,19 +244,28 @@ def train_member(index: int, init_run: str | Path, classes: list[str], loader: t
                  val: tuple[DetectionDataset, ProposalCache] | None, resume: bool,
                  dist: DistInfo) -> tuple[nn.Module, ModelMeta]:
     """Fine-tune member `index` for cfg.finetune.epochs, checkpointing each epoch."""
+    model, meta = member_network(init_run, classes, cfg.finetune, cfg.finetune.seed + index, dist.device)
+    return fit_member(index, model, meta, model, train_one_epoch, classes, loader, cfg, out_dir, val, resume, dist)
+
+
+def fit_member(index: int, model: nn.Module, meta: ModelMeta, net: nn.Module, one_epoch, classes: list[str],
+               loader: torch.utils.data.DataLoader, cfg: DetectorConfig, out_dir: Path,
+               val: tuple[DetectionDataset, ProposalCache] | None, resume: bool, dist: DistInfo,
+               label: str = "") -> tuple[nn.Module, ModelMeta]:
+    """The epochs of one member, for either mode: `net` (the model, or a module around it) is what
+    `one_epoch` trains; checkpoints, log and validation are the model's, one each epoch."""
     ft, seed = cfg.finetune, cfg.finetune.seed + index
-    model, meta = member_network(init_run, classes, ft, seed, dist.device)
     state = TrainState(model, make_optimizer(model, ft.optimizer, ft.lr, ft.momentum, ft.weight_decay))
     ckpt_path, log_path = out_dir / "train" / f"member_{index}.pt", out_dir / "train" / LOG_FILE
     if resume and ckpt_path.is_file():
         load_state(ckpt_path, state)
     if dist.is_main:
         trim_log(log_path, state.epoch, member=index)  # lines of epochs that will run again
-    net = wrap_ddp(model, dist)
+    net = wrap_ddp(net, dist)
     schedule = make_schedule(ft, len(epoch_batches(len(loader.dataset), ft.images_per_batch, seed, 0)))
     for epoch in range(state.epoch, ft.epochs):
-        desc = f"member {index + 1}/{ft.members} epoch {epoch + 1}/{ft.epochs}"
-        record = train_one_epoch(net, state, loader, schedule, meta, cfg, seed, epoch, dist, desc)
+        desc = f"member {index + 1}/{ft.members}{label} epoch {epoch + 1}/{ft.epochs}"
+        record = one_epoch(net, state, loader, schedule, meta, cfg, seed, epoch, dist, desc)
         record = {"member": index, "epoch": epoch + 1, "lr": state.optimizer.param_groups[0]["lr"], **record}
         state.epoch = epoch + 1
         if dist.is_main:  # the checkpoint last: a run killed before it redoes this epoch

@@ -26,17 +26,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from backbone.config import config_to_dict
-from backbone.distributed import DistInfo, barrier
-from backbone.engine import Meter, Schedule, TrainState, load_state, log_epoch, make_optimizer, save_state, set_lr, \
-    trim_log, wrap_ddp
+from backbone.distributed import DistInfo
+from backbone.engine import Meter, Schedule, TrainState, set_lr
 from backbone.models import ModelMeta
 from detect.config import DetectorConfig
 from detect.data import DetectionDataset
 from detect import finetune
-from detect.finetune import LOG_FILE, make_schedule, member_network, validate
+from detect.finetune import member_network
 from detect.regions import to_tensor
-from detect.sampling import SEED_DROPOUT, epoch_batches, mix_seed, sample_minibatch
+from detect.sampling import SEED_DROPOUT, mix_seed, sample_minibatch
 from detect.shared_mode import check_member, grid_size, image_scale, pool_regions, region_head, region_rois, \
     scaled_size, trunk_features
 from proposals import ProposalCache
@@ -128,30 +126,12 @@ def train_member(index: int, init_run: str | Path, classes: list[str], loader: t
                  resume: bool, dist: DistInfo) -> tuple[nn.Module, ModelMeta]:
     """Fine-tune member `index` in the shared mode for cfg.finetune.epochs, checkpointing each
     epoch (the same checkpoints, log and validation as `detect.finetune.train_member`)."""
-    ft, seed = cfg.finetune, cfg.finetune.seed + index
-    model, meta = member_network(init_run, classes, ft, seed, dist.device)
+    ft = cfg.finetune
+    model, meta = member_network(init_run, classes, ft, ft.seed + index, dist.device)
     meta.extra["mode"] = "shared"
-    state = TrainState(model, make_optimizer(model, ft.optimizer, ft.lr, ft.momentum, ft.weight_decay))
-    ckpt_path, log_path = out_dir / "train" / f"member_{index}.pt", out_dir / "train" / LOG_FILE
-    if resume and ckpt_path.is_file():
-        load_state(ckpt_path, state)
-    if dist.is_main:
-        trim_log(log_path, state.epoch, member=index)
     shared = SharedNet(model, cfg.regions.crop_size or meta.input_size, cfg.shared.sampling_ratio, ft.channels_last)
-    net = wrap_ddp(shared, dist)
-    schedule = make_schedule(ft, len(epoch_batches(len(loader.dataset), ft.images_per_batch, seed, 0)))
-    for epoch in range(state.epoch, ft.epochs):
-        desc = f"member {index + 1}/{ft.members} (shared) epoch {epoch + 1}/{ft.epochs}"
-        record = train_one_epoch(net, state, loader, schedule, meta, cfg, seed, epoch, dist, desc)
-        record = {"member": index, "epoch": epoch + 1, "lr": state.optimizer.param_groups[0]["lr"], **record}
-        state.epoch = epoch + 1
-        if dist.is_main:  # the checkpoint last: a run killed before it redoes this epoch
-            if val is not None and ((epoch + 1) % ft.val_every == 0 or epoch + 1 == ft.epochs):
-                record["val_mAP"] = validate(model, meta, classes, cfg, *val)
-            log_epoch(log_path, record)
-            save_state(ckpt_path, state, member=index, finetune=config_to_dict(ft))
-        barrier()
-    return model.eval(), meta
+    return finetune.fit_member(index, model, meta, shared, train_one_epoch, classes, loader, cfg, out_dir, val,
+                               resume, dist, label=" (shared)")
 
 
 def train_detector(cfg: DetectorConfig, *args, **kwargs) -> Path:
