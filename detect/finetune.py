@@ -189,15 +189,27 @@ def train_one_epoch(net: nn.Module, state: TrainState, loader: torch.utils.data.
             torch.manual_seed(mix_seed(seed, epoch, step, SEED_DROPOUT, dist.rank))  # dropout masks, reproducibly
             with torch.autocast(dist.device.type, dtype=torch.bfloat16, enabled=amp):
                 logits = net(x)
-            loss_sum = F.cross_entropy(logits.float(), y, reduction="sum")
-            # DDP averages gradients over processes: scale so the update is the mean over the batch.
-            state.step(loss_sum * (dist.world_size / ft.batch_regions))
-            correct, fg = logits.detach().argmax(1) == y, y > 0
-            meter.add(len(y), torch.stack([loss_sum.detach(), correct.sum().float(), fg.sum().float(),
-                                           (correct & fg).sum().float()]), lr)
+            region_step(state, meter, logits, y, lr, ft.batch_regions, dist)
+    return epoch_record(meter, len(steps))
+
+
+def region_step(state: TrainState, meter: Meter, logits: Tensor, y: Tensor, lr: float, batch_regions: int,
+                dist: DistInfo) -> None:
+    """One update on a batch's region logits (Tensor[R, K+1]) and labels (Tensor[R]); its loss and
+    counts stay on the device in `meter`."""
+    loss_sum = F.cross_entropy(logits.float(), y, reduction="sum")
+    # DDP averages gradients over processes: scale so the update is the mean over the whole batch.
+    state.step(loss_sum * (dist.world_size / batch_regions))
+    correct, fg = logits.detach().argmax(1) == y, y > 0
+    meter.add(len(y), torch.stack([loss_sum.detach(), correct.sum().float(), fg.sum().float(),
+                                   (correct & fg).sum().float()]), lr)
+
+
+def epoch_record(meter: Meter, steps: int) -> dict:
+    """An epoch's loss, accuracies and speed, read from the device once."""
     (loss, correct, fg, fg_correct), regions, seconds = meter.result()
     return {"loss": loss / max(regions, 1), "accuracy": correct / max(regions, 1),
-            "fg_accuracy": fg_correct / max(fg, 1.0), "regions_per_s": regions / seconds, "steps": len(steps),
+            "fg_accuracy": fg_correct / max(fg, 1.0), "regions_per_s": regions / seconds, "steps": steps,
             "seconds": seconds}
 
 

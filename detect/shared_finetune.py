@@ -23,7 +23,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from backbone.distributed import DistInfo
@@ -110,15 +109,8 @@ def train_one_epoch(net: nn.Module, state: TrainState, loader: torch.utils.data.
         torch.manual_seed(mix_seed(seed, epoch, step, SEED_DROPOUT, dist.rank))
         with torch.autocast(dist.device.type, dtype=torch.bfloat16, enabled=amp):
             logits = net(images, rois, scales)
-        loss_sum = F.cross_entropy(logits.float(), y, reduction="sum")
-        state.step(loss_sum * (dist.world_size / ft.batch_regions))  # the mean over the whole batch
-        correct, fg = logits.detach().argmax(1) == y, y > 0
-        meter.add(len(y), torch.stack([loss_sum.detach(), correct.sum().float(), fg.sum().float(),
-                                       (correct & fg).sum().float()]), lr)
-    (loss, correct, fg, fg_correct), regions, seconds = meter.result()
-    return {"loss": loss / max(regions, 1), "accuracy": correct / max(regions, 1),
-            "fg_accuracy": fg_correct / max(fg, 1.0), "regions_per_s": regions / seconds, "steps": len(steps),
-            "seconds": seconds}
+        finetune.region_step(state, meter, logits, y, lr, ft.batch_regions, dist)
+    return finetune.epoch_record(meter, len(steps))
 
 
 def train_member(index: int, init_run: str | Path, classes: list[str], loader: torch.utils.data.DataLoader,
