@@ -18,19 +18,27 @@ from backbone.errors import InputError
 @click.option("--classes", "class_list", type=click.Path(exists=True), default=None,
               help="Class list file (ID [INDEX] [NAME] per line; ILSVRC synset ids map to names).")
 @click.option("--no-image-check", is_flag=True, help="Do not open image headers (faster on huge sets).")
+@click.option("--decode", is_flag=True,
+              help="Also decode every image in full and list each that cannot be decoded (a truncated "
+                   "or corrupt file passes the header check). Costs about the time of reading every image.")
+@click.option("--workers", type=click.IntRange(min=1), default=None,
+              help="--decode: worker processes [default: all cores].")
 @click.option("--to-coco", type=click.Path(), default=None, help="Also write the data set as COCO instances JSON.")
-def data(data, split, class_list, no_image_check, to_coco) -> None:
+def data(data, split, class_list, no_image_check, decode, workers, to_coco) -> None:
     """Print a summary of a detection data set and every problem found in it.
 
     Exits with status 1 when problems were found, 0 when none.
     """
     from detect.data import load_dataset, write_coco
     from detect.data_report import find_problems, format_summary, summarize
+    from detect.sharding import cores_per_process
 
     errors: list[str] = []
     dataset = load_dataset(data, split=split, class_list=class_list, errors=errors)
     click.echo(format_summary(summarize(dataset)))
-    problems = [f"skipped: {e}" for e in errors] + find_problems(dataset, check_images=not no_image_check)
+    problems = [f"skipped: {e}" for e in errors] + find_problems(
+        dataset, check_images=not no_image_check, decode=decode, workers=workers or cores_per_process(),
+        progress=True)
     if not dataset.images:
         problems.insert(0, f"{data}: the data set has no images")
     for fix in dataset.fixups:

@@ -3,7 +3,8 @@
 Problems are things a person should look at but that do not stop evaluation: files skipped
 because they could not be read (collected by `load_dataset(..., errors=[])`), missing image
 files, an annotated size that differs from the image file, zero-area or repeated boxes,
-classes without a single box, keys used twice.
+classes without a single box, keys used twice. With `decode`, also every image file whose data
+cannot be decoded past its header (a truncated or corrupt JPEG): the header check passes it.
 """
 from __future__ import annotations
 
@@ -14,7 +15,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from backbone.io import oriented_size
+from backbone.errors import InputError
+from backbone.io import load_image, oriented_size
+from backbone.pool import process_map
 from detect.data import DetectionDataset
 
 # Box size buckets on sqrt(area) in pixels, the COCO small / medium / large split.
@@ -47,16 +50,24 @@ def summarize(dataset: DetectionDataset) -> dict:
     }
 
 
-def find_problems(dataset: DetectionDataset, check_images: bool = True) -> list[str]:
-    """Every problem found, one line each; `check_images` opens each image's header."""
+def find_problems(dataset: DetectionDataset, check_images: bool = True, decode: bool = False,
+                  workers: int = 1, progress: bool = False) -> list[str]:
+    """Every problem found, one line each; `check_images` opens each image's header, `decode`
+    decodes every image file whose header passed (or was not checked) in `workers` processes,
+    with a progress bar if `progress`."""
     problems = []
     for key, n in Counter(r.key for r in dataset.images).items():
         if n > 1:
             problems.append(f"image key '{key}' is used by {n} images")
+    to_decode = []
     for rec in dataset.images:
         problems += _record_problems(rec, dataset.classes)
-        if check_images:
-            problems += _image_file_problems(rec)
+        file_problems = _image_file_problems(rec) if check_images else []
+        problems += file_problems
+        if decode and not file_problems and Path(rec.path).is_file():
+            to_decode.append(str(rec.path))
+    if decode:
+        problems += decode_problems(to_decode, workers=workers, progress=progress)
     box_counts = Counter(lab for r in dataset.images for lab in r.labels.tolist())
     problems += [f"class '{name}' has no boxes" for k, name in enumerate(dataset.classes, 1)
                  if box_counts[k] == 0]
@@ -88,6 +99,31 @@ def _image_file_problems(rec) -> list[str]:
     if size != (rec.width, rec.height):
         return [f"{rec.key}: annotated size {rec.width}x{rec.height} but {path} is {size[0]}x{size[1]}"]
     return []
+
+
+def decode_problems(paths: list[str], workers: int = 1, progress: bool = False) -> list[str]:
+    """`<path>: cannot decode: <reason>` for each image file of `paths` that `load_image` cannot
+    decode in full, in the order of `paths`. Costs about the time of reading every image."""
+    from backbone.progress import progress as progress_bar
+
+    failed: dict[int, str] = {}
+    bar = progress_bar(total=len(paths), desc="decode", unit="img", disable=not progress)
+    for index, reason in process_map(_decode_one, list(enumerate(paths)), workers):
+        if reason is not None:
+            failed[index] = reason
+        bar.update(1)
+    bar.close()
+    return [f"{paths[i]}: cannot decode: {failed[i]}" for i in sorted(failed)]
+
+
+def _decode_one(item: tuple[int, str]) -> tuple[int, str | None]:
+    """(index, None) if the image decodes, else (index, the reason)."""
+    index, path = item
+    try:
+        load_image(path)
+    except InputError as e:
+        return index, e.problem.removeprefix("cannot read image: ")
+    return index, None
 
 
 def format_summary(summary: dict) -> str:

@@ -60,3 +60,22 @@ def test_eval_map_bad_detections_exit_2(voc, capsys, tmp_path):
     (voc / "Annotations" / "im0.xml").write_text("<annotation>")
     code, _, err = run(capsys, "eval", "--map", "--data", str(voc), "--detections", str(tmp_path / "d.json"))
     assert code == 2 and "im0.xml: malformed XML" in err
+
+
+def test_data_decode_finds_a_truncated_jpeg(voc, capsys):
+    full = voc / "JPEGImages" / "im1.jpg"
+    noise = (torch.rand(80, 100, 3) * 255).to(torch.uint8).numpy()  # noise: a long entropy-coded stream
+    Image.fromarray(noise).save(full, quality=90)
+    data = full.read_bytes()
+    full.write_bytes(data[: len(data) // 2])  # the header is intact, half the scan data is gone
+    code, out, _ = run(capsys, "data", "--data", str(voc))
+    assert code == 0 and "0 problem(s) found" in out  # the header check alone passes it
+    code, out, _ = run(capsys, "data", "--data", str(voc), "--decode", "--workers", "2")
+    assert code == 1 and "1 problem(s) found" in out
+    assert f"  {full}: cannot decode: image file is truncated" in out
+    assert "im0.jpg" not in out
+
+
+def test_data_decode_help_says_what_it_costs(capsys):
+    code, out, _ = run(capsys, "data", "--help")
+    assert code == 0 and "--decode" in out and "time of reading every image" in " ".join(out.split())
