@@ -55,10 +55,12 @@ def data(data, split, class_list, no_image_check, decode, workers, to_coco) -> N
 
 def eval_map(data: str, split: str | None, detections: str | None, models: list[str],
              protocol: str, json_path: str | None, plots: str | None, device: str = "auto",
-             batch_size: int = 64, errors: bool = False, iou_threshold: float = 0.5) -> dict:
+             batch_size: int = 64, errors: bool = False, iou_thresholds: tuple[float, ...] = (0.5,)) -> dict:
     """`detect eval --map`: evaluate a detections file (or a detector run) on a data set,
     print the per-class AP table and the mean, optionally write JSON and PR-curve PNGs.
-    `errors`: also print and report where the mAP goes (`detect.error_analysis`, at the same
+    iou_thresholds: one report per threshold from the same detections; with several, the
+    returned (and JSON) report is the first one's with the others under "at_iou" by threshold.
+    `errors`: also print and report where the mAP goes (`detect.error_analysis`, at the first
     IoU threshold).
     No `detections` and no `models`: the built-in detector is run over the data set."""
     from backbone.io import atomic_write_json
@@ -79,11 +81,15 @@ def eval_map(data: str, split: str | None, detections: str | None, models: list[
         workers = thread_split(None, None, device, single=False)  # as `detect run --images`
         det = Detector.load(models[0] if models else None, device=device)
         dets = detect_dataset(det, dataset, batch_size=batch_size, proposal_workers=workers)
-    report = evaluate_map(dataset, dets, protocol, iou_threshold=iou_threshold)
-    click.echo(format_report(report))
+    reports = [evaluate_map(dataset, dets, protocol, iou_threshold=t) for t in iou_thresholds]
+    for t, one in zip(iou_thresholds, reports):
+        click.echo((f"IoU {t:g}\n" if len(reports) > 1 else "") + format_report(one))
+    report = reports[0]
+    if len(reports) > 1:
+        report["at_iou"] = {f"{t:g}": one for t, one in zip(iou_thresholds[1:], reports[1:])}
     if errors:
         from detect.error_analysis import error_report, format_errors
-        report["errors"] = error_report(dataset, dets, iou=iou_threshold)
+        report["errors"] = error_report(dataset, dets, iou=iou_thresholds[0])
         click.echo(format_errors(report["errors"]))
     if json_path:
         atomic_write_json(json_path, _json_ready(report))
@@ -118,6 +124,8 @@ def _json_ready(report: dict) -> dict:
     out = {k: v for k, v in report.items() if k != "curves"}
     out["mAP"] = clean(out["mAP"])
     out["per_class"] = {k: clean(v) for k, v in report["per_class"].items()}
+    if "at_iou" in out:
+        out["at_iou"] = {t: _json_ready(one) for t, one in out["at_iou"].items()}
     return out
 
 

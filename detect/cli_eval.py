@@ -32,8 +32,9 @@ from backbone.errors import InputError
               type=click.Choice(["ilsvrc", "voc07", "voc12", "voc07-continuous", "voc12-continuous", "coco"]),
               help="--map: evaluation protocol. voc07/voc12: the VOC devkit's rules (+1 pixel sizes in IoU); "
                    "voc07-continuous/voc12-continuous: the same with IoU in continuous coordinates.")
-@click.option("--iou", "iou_threshold", type=click.FloatRange(0.0, 1.0, min_open=True), default=None,
-              help="--map, VOC protocols only: the IoU a match needs (>=).  [default: 0.5]")
+@click.option("--iou", "iou_thresholds", type=click.FloatRange(0.0, 1.0, min_open=True), multiple=True,
+              help="--map, VOC protocols only: the IoU a match needs (>=); repeat for a table at each from "
+                   "one detection pass (--iou 0.5 --iou 0.7).  [default: 0.5]")
 @click.option("--proposals", "proposals_path", type=click.Path(exists=True), default=None,
               help="--recall: a proposal cache written by `detect proposals`.")
 @click.option("--json", "json_path", type=click.Path(), default=None, help="Also write the numbers as JSON here.")
@@ -46,7 +47,7 @@ from backbone.errors import InputError
               help="Images (crops) per forward pass.")
 @click.option("--workers", type=click.IntRange(min=0), default=2, show_default=True,
               help="Data loading worker processes (0: load in the main process).")
-def eval_command(mode, data, split, models, crops, table, detections, protocol, iou_threshold, proposals_path,
+def eval_command(mode, data, split, models, crops, table, detections, protocol, iou_thresholds, proposals_path,
                  json_path, plots, errors, device, batch_size, workers) -> None:
     """Measure a classifier (--accuracy), a detector (--map, --box-accuracy) or proposals (--recall)."""
     if errors and mode != "map":
@@ -59,12 +60,12 @@ def eval_command(mode, data, split, models, crops, table, detections, protocol, 
                       json_path=json_path, device=device, batch_size=batch_size, workers=workers)
     elif mode == "map":
         from detect.cli_data import eval_map
-        if iou_threshold is not None and not protocol.startswith("voc"):
+        if iou_thresholds and not protocol.startswith("voc"):
             raise click.UsageError(f"--iou applies to the VOC protocols only, not to {protocol}")
         eval_map(data=data, split=split, detections=detections, models=list(models),
                  protocol=protocol, json_path=json_path, plots=plots, device=device,
                  batch_size=batch_size, errors=errors,
-                 iou_threshold=0.5 if iou_threshold is None else iou_threshold)
+                 iou_thresholds=iou_thresholds or (0.5,))
     elif mode == "recall":
         from detect.cli_proposals import eval_recall
         if proposals_path is None:

@@ -2,6 +2,8 @@
 line port of the VOC devkit's VOCevaldet.m), pycocotools cross-check."""
 from __future__ import annotations
 
+import json
+
 import contextlib
 import io
 import math
@@ -443,6 +445,10 @@ def test_eval_cli_iou_option(capsys, tmp_path):
     assert code == 0 and "mAP (voc12 at IoU 0.7, mean over 1 classes with ground truth): 1.0000" in out
     code, out, _ = run(capsys, *args, "--iou", "0.8", "--protocol", "voc07")
     assert code == 0 and "mAP (voc07 at IoU 0.8, mean over 1 classes with ground truth): 0.0000" in out
+    code, out, _ = run(capsys, *args, "--iou", "0.7", "--iou", "0.8", "--json", str(tmp_path / "r.json"))
+    assert code == 0 and out.index("IoU 0.7\n") < out.index("at IoU 0.7") < out.index("IoU 0.8\n") < out.index("at IoU 0.8")
+    saved = json.loads((tmp_path / "r.json").read_text())
+    assert saved["mAP"] == 1.0 and saved["at_iou"]["0.8"]["mAP"] == 0.0 and list(saved["at_iou"]) == ["0.8"]
     for bad in (("--iou", "0"), ("--iou", "1.2"), ("--iou", "0.7", "--protocol", "coco")):
         code, _, err = run(capsys, *args, *bad)
         assert code == 2 and "--iou" in err and "Traceback" not in err
