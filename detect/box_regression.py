@@ -20,6 +20,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 import torch
 from torch import Tensor
@@ -79,6 +80,14 @@ def mirror_deltas(deltas: Tensor, mirrored: bool = True) -> Tensor:
     """Deltas (Tensor[..., 4]) predicted on a mirrored crop move the mirrored box; negating tx
     makes them move the box itself (ty, tw, th do not change under a horizontal flip)."""
     return deltas * torch.tensor([-1.0, 1, 1, 1], dtype=deltas.dtype, device=deltas.device) if mirrored else deltas
+
+
+def mean_deltas(regressors: Sequence[BoxRegressor], features: Sequence[Tensor]) -> Tensor:
+    """The mean deltas of every member and view: one regressor and one Tensor[V, R, D_m] of
+    features per member (view 1 mirrored: its tx negated, `mirror_deltas`) -> Tensor[R, K, 4]."""
+    deltas = [mirror_deltas(reg.predict_deltas(f[v]), v == 1) for reg, f in zip(regressors, features)
+              for v in range(f.shape[0])]
+    return torch.stack(deltas).mean(0)
 
 
 def load_member_regressors(member_dirs: list[Path]) -> list[BoxRegressor] | None:

@@ -233,7 +233,7 @@ class Detector:
         regression deltas [R, K, 4] if `regress`, per-member features [V, R, D] if `keep_features`).
         A mirrored view's deltas have tx negated: they move the mirrored box."""
         if self.config.mode != "rcnn":  # one trunk pass an image, regions pooled from it
-            return shared_mode.detector_scores(self, pixels, boxes, regress or keep_features)
+            return shared_mode.detector_scores(self, pixels, boxes, regress, keep_features)
         k, mirror, dev = len(self.classes), self.config.inference.mirror, self.device
         views = len(self.members) * (2 if mirror else 1)
         out, deltas = torch.zeros((len(boxes), k + 1), device=dev), torch.zeros((len(boxes), k, 4), device=dev) if regress else None

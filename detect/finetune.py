@@ -369,7 +369,7 @@ def _train_detector(cfg: DetectorConfig, dataset: DetectionDataset, val_dataset:
     if dist.is_main:
         multibox = cfg.proposals.multibox.model if cfg.proposals.multibox.enabled else None
         save_detector_run(out_dir, trained, cfg, dataset.classes, multibox_dir=multibox)
-        if cfg.box_regression.enabled and cfg.mode == "rcnn":  # R-CNN's box regressors, on the same proposals
+        if cfg.box_regression.enabled:  # R-CNN's box regressors (either mode), on the same proposals
             from detect.fit_boxes import fit_run  # here: it imports detect.detector, as this module does
 
             box = cfg.box_regression

@@ -5,7 +5,8 @@ Shapes: N training pairs, R regions, K foreground classes, D a member's feature 
 
 Features. Each member's regressor reads the region vector its own classifier reads: the
 average-pooled inception 5b output (1024 x width values; `pool_features`), taken from the
-same pass that scores the region. R-CNN regressed from AlexNet's pool5 (its last convolutional
+same pass that scores the region, in the run's mode: R-CNN's warped crop, or in the shared mode
+the region pooled from the image's trunk map (`detect.shared_mode`). R-CNN regressed from AlexNet's pool5 (its last convolutional
 map, 9216 values); GoogLeNet has no fully connected layers between that map and the classifier,
 so its pooled vector is both the last spatial summary and the classifier's input.
 
@@ -31,7 +32,7 @@ from backbone.errors import InputError
 from backbone.io import load_image
 from backbone.progress import progress
 from detect.box_regression import (REGRESSOR_FILE, BoxRegressor, decode_boxes, fit_box_regressor,
-                                   match_for_regression, mirror_deltas)
+                                   match_for_regression, mean_deltas)
 from detect.detector import RUN_JSON, Detector, select_detections
 from detect.records import DetectionDataset, ImageRecord
 from proposals import ProposalCache
@@ -114,9 +115,7 @@ def ensemble_boxes(regressors: Sequence[BoxRegressor], features: Sequence[Tensor
     """The boxes (Tensor[R, 4]) moved by the mean deltas of every member and view (features:
     one Tensor[V, R, D_m] per member; view 1 mirrored), clipped: Tensor[R, K, 4]. The same
     arithmetic as `Detector.detect`, on features already computed."""
-    deltas = [mirror_deltas(reg.predict_deltas(f[v]), v == 1) for reg, f in zip(regressors, features)
-              for v in range(f.shape[0])]
-    return clip_boxes_to_image(decode_boxes(boxes, torch.stack(deltas).mean(0)), image_size)
+    return clip_boxes_to_image(decode_boxes(boxes, mean_deltas(regressors, features)), image_size)
 
 
 def choose_lambda(detector: Detector, pairs: tuple, val: DetectionDataset, cache: ProposalCache,

@@ -16,7 +16,10 @@ differs is Fast R-CNN's mini-batch (Girshick 2015, section 2.3):
   regions (`detect.shared_mode`) and runs pool4 .. classifier on all of them: the gradient of
   every region flows back into the one shared map of its image.
 
-The loss is the log loss over K+1 classes (no box regression: the paper's detector had none).
+The loss is the log loss over K+1 classes. Fast R-CNN adds box regression to it (a multi-task
+loss); here both modes have one box-regression method, R-CNN's: after fine-tuning,
+`train-detector` fits ridge regressors post hoc on the final members' pooled region features
+(box_regression section; `detect.fit_boxes`), in this mode on the shared mode's features.
 """
 from __future__ import annotations
 
@@ -58,7 +61,7 @@ class SharedNet(nn.Module):
         for image, boxes, scale in zip(images, rois, scales):
             features, _ = trunk_features(self.net, image.unsqueeze(0).contiguous(memory_format=self.layout), scale)
             pooled.append(pool_regions(features[0], boxes, self.grid, self.sampling_ratio))
-        return region_head(self.net, torch.cat(pooled))
+        return region_head(self.net, torch.cat(pooled))[0]
 
 
 def step_inputs(decoded: list, group: list[int], cfg: DetectorConfig, meta: ModelMeta, seed: int, epoch: int,

@@ -10,6 +10,11 @@ has at its input size, and the rest of the network -- pool4 (3x3/2), 5a, 5b, the
 and the head -- runs on all regions of the image, `batch_size` at a time, with the very weights
 the classifier learned. The members' softmax outputs are averaged as in the R-CNN mode.
 
+Box regression. The head's pass also gives each region's pooled vector (5b's average pool, the
+classifier's input: `pool_features` in the R-CNN mode), so one pass yields every member's softmax,
+features and, with box regressors fitted on this mode's features (`detect fit-boxes`), its deltas;
+`ensemble_outputs` averages them over members and views exactly as `Detector._score` does.
+
 Image scale. Fast R-CNN scales the image once so that its shorter side is 600 px (the longer
 side at most 1,000): VOC's ~500 x 375 images grow 1.6x so that objects come near the 224 px its
 VGG16 was trained on; SPP-net used one scale of 688 px (or five, 480-1200). `short_side` is that
@@ -31,7 +36,8 @@ sample falls on each cell (2 is not: its samples sit between the cells).
 
 Mirroring (inference.mirror): each member also runs the trunk on the mirrored image and scores
 the mirrored boxes there -- the same function as the R-CNN mode's mirrored crop, since a
-region's mirrored warp is the warp of the mirrored box in the mirrored image.
+region's mirrored warp is the warp of the mirrored box in the mirrored image. That view's
+deltas move the mirrored box: their tx is negated (`mirror_deltas`).
 """
 from __future__ import annotations
 
@@ -49,6 +55,7 @@ from torchvision.ops import roi_align
 from backbone.errors import InputError
 from backbone.googlenet import GoogLeNet
 from backbone.models import ModelMeta
+from detect.box_regression import BoxRegressor, mean_deltas
 from detect.config import MODES, DetectorConfig
 from detect.regions import dilate_boxes, scaled_context_pad, to_tensor
 
@@ -135,40 +142,41 @@ def pool_regions(features: Tensor, rois: Tensor, grid: int, sampling_ratio: int 
                      sampling_ratio=sampling_ratio, aligned=True)
 
 
-def region_head(model: nn.Module, pooled: Tensor) -> Tensor:
-    """pool4, 5a, 5b, the average pool and the classifier: Tensor[R, C, n, n] -> logits [R, K+1]."""
+def region_head(model: nn.Module, pooled: Tensor) -> tuple[Tensor, Tensor]:
+    """pool4, 5a, 5b, the average pool and the classifier: Tensor[R, C, n, n] -> (logits
+    Tensor[R, K+1], the pooled vector Tensor[R, D] float32 the classifier reads -- what
+    `pool_features` gives in the R-CNN mode, and what the box regressors read)."""
     net = check_member(model)
     x = net.inception5b(net.inception5a(net.pool4(pooled)))
-    return net.forward_head(x.float())
+    features = net.pool_features(x.float())
+    return net.fc(net.dropout(features)), features
 
 
-def member_probabilities(model: nn.Module, image: Tensor, boxes: Tensor, input_size: int, *,
-                         scale: float = 1.0, context_pad: int = 16, batch_size: int = 256,
-                         sampling_ratio: int = 0, mirror: bool = False,
-                         autocast: Callable[[], object] | None = None, channels_last: bool = False) -> Tensor:
-    """Sum over views (1, or 2 with `mirror`) of one member's softmax for every region.
+def member_views(model: nn.Module, image: Tensor, boxes: Tensor, input_size: int, *,
+                 scale: float = 1.0, context_pad: int = 16, batch_size: int = 256,
+                 sampling_ratio: int = 0, mirror: bool = False,
+                 autocast: Callable[[], object] | None = None, channels_last: bool = False) -> tuple[Tensor, Tensor]:
+    """One member's softmax and pooled features for every region on each view (1, or 2 with
+    `mirror`: view 1 is the mirrored image with the mirrored boxes).
 
     image (Tensor[3, H, W]) normalised; boxes (Tensor[R, 4]) xyxy original pixels.
     autocast: a context factory for the trunk and 5a/5b (the head runs in float32).
-    Returns Tensor[R, K+1] float32 on the image's device.
+    Returns (Tensor[V, R, K+1], Tensor[V, R, D]) float32 on the image's device.
     """
     views = [(image, boxes)]
     if mirror:  # the mirrored image, its boxes mirrored: x -> W - x
         width = image.shape[-1]
         views.append((image.flip(-1), torch.stack([width - boxes[:, 2], boxes[:, 1], width - boxes[:, 0],
                                                    boxes[:, 3]], 1)))
-    total = None
-    for pixels, regions in views:
-        probs = _one_view(model, pixels, regions, input_size, scale, context_pad, batch_size,
-                          sampling_ratio, autocast, channels_last)
-        total = probs if total is None else total + probs
-    return total
+    outs = [_one_view(model, pixels, regions, input_size, scale, context_pad, batch_size, sampling_ratio,
+                      autocast, channels_last) for pixels, regions in views]
+    return torch.stack([p for p, _ in outs]), torch.stack([f for _, f in outs])
 
 
 def _one_view(model: nn.Module, image: Tensor, boxes: Tensor, input_size: int, scale: float,
               context_pad: int, batch_size: int, sampling_ratio: int,
-              autocast: Callable[[], object] | None, channels_last: bool) -> Tensor:
-    """Softmax [R, K+1] of one member on one view (see `member_probabilities`)."""
+              autocast: Callable[[], object] | None, channels_last: bool) -> tuple[Tensor, Tensor]:
+    """Softmax [R, K+1] and pooled features [R, D] of one member on one view (see `member_views`)."""
     ctx = autocast or contextlib.nullcontext
     x = image.unsqueeze(0)
     if channels_last:
@@ -177,39 +185,63 @@ def _one_view(model: nn.Module, image: Tensor, boxes: Tensor, input_size: int, s
         features, scales = trunk_features(model, x, scale)
     rois = region_rois(boxes.to(image.device), scales, input_size, context_pad)
     grid = grid_size(input_size)
-    out = []
+    probs, vectors = [], []
     for start in range(0, len(rois), batch_size):
         pooled = pool_regions(features[0], rois[start:start + batch_size], grid, sampling_ratio)
         if channels_last:
             pooled = pooled.contiguous(memory_format=torch.channels_last)
         with ctx():
-            out.append(region_head(model, pooled).float().softmax(dim=1))
-    if not out:
-        return image.new_zeros((0, check_member(model).num_classes))
-    return torch.cat(out)
+            logits, vector = region_head(model, pooled)
+        probs.append(logits.float().softmax(dim=1))
+        vectors.append(vector.float())
+    if not probs:
+        net = check_member(model)
+        return image.new_zeros((0, net.num_classes)), image.new_zeros((0, net.num_features))
+    return torch.cat(probs), torch.cat(vectors)
 
 
 @torch.inference_mode()
-def ensemble_scores(members: Sequence[nn.Module], input_sizes: Sequence[int], image: Tensor | Sequence[Tensor],
-                    boxes: Tensor, **options) -> Tensor:
-    """The members' mean softmax over all views: Tensor[R, K+1] float32 on the CPU, rows sum to 1.
+def ensemble_outputs(members: Sequence[nn.Module], input_sizes: Sequence[int], image: Tensor | Sequence[Tensor],
+                     boxes: Tensor, regressors: Sequence[BoxRegressor] | None = None, keep_features: bool = False,
+                     **options) -> tuple[Tensor, Tensor | None, list[Tensor] | None]:
+    """One pass of every member and view over the regions, all on the CPU: (the mean softmax
+    Tensor[R, K+1], rows sum to 1; with `regressors` (one per member) the mean deltas
+    Tensor[R, K, 4] of every member and view (`mean_deltas`: a mirrored view's tx negated);
+    with `keep_features` each member's pooled features Tensor[V, R, D], None for no region),
+    as `Detector._score` returns them in the R-CNN mode.
 
     members: GoogLeNets with K+1 outputs (eval mode); input_sizes: each member's S.
     image: one normalised Tensor[3, H, W], or one per member (members normalise differently).
-    boxes (Tensor[R, 4]); options: `member_probabilities` keywords (scale, mirror, ...).
+    boxes (Tensor[R, 4]); options: `member_views` keywords (scale, mirror, ...).
     """
     images = [image] * len(members) if torch.is_tensor(image) else list(image)
-    total = None
-    for model, size, pixels in zip(members, input_sizes, images):
-        probs = member_probabilities(model, pixels, boxes, size, **options)
-        total = probs if total is None else total + probs
+    probs, deltas, kept = None, None, []
+    for m, (model, size, pixels) in enumerate(zip(members, input_sizes, images)):
+        p, features = member_views(model, pixels, boxes, size, **options)
+        probs = p.sum(0) if probs is None else probs + p.sum(0)
+        if regressors:  # every member has V views: the mean of the members' means is the mean of all
+            d = mean_deltas([regressors[m]], [features])
+            deltas = d if deltas is None else deltas + d
+        if keep_features:
+            kept.append(features)
     views = len(members) * (2 if options.get("mirror") else 1)
-    return (total / views).cpu()
+    return ((probs / views).cpu(), (deltas / len(members)).cpu() if regressors else None,
+            [f.cpu() for f in kept] if keep_features and len(boxes) else None)
+
+
+def ensemble_scores(members: Sequence[nn.Module], input_sizes: Sequence[int], image: Tensor | Sequence[Tensor],
+                    boxes: Tensor, **options) -> Tensor:
+    """The members' mean softmax over all views: Tensor[R, K+1] float32 on the CPU, rows sum to 1
+    (`ensemble_outputs`' first output; the same arguments)."""
+    return ensemble_outputs(members, input_sizes, image, boxes, **options)[0]
 
 
 def score_members(members: Sequence[tuple[nn.Module, ModelMeta]], pixels: np.ndarray, boxes: Tensor,
-                  config: DetectorConfig, dtype: torch.dtype | None = None) -> Tensor:
-    """`Detector.score_regions` in the shared mode: the members' mean softmax, Tensor[R, K+1] on the CPU.
+                  config: DetectorConfig, dtype: torch.dtype | None = None,
+                  regressors: Sequence[BoxRegressor] | None = None,
+                  keep_features: bool = False) -> tuple[Tensor, Tensor | None, list[Tensor] | None]:
+    """`Detector._score` in the shared mode: `ensemble_outputs` (mean softmax Tensor[R, K+1], mean
+    deltas Tensor[R, K, 4] with `regressors`, features Tensor[V, R, D] per member with `keep_features`).
 
     members: (model, meta) pairs on one device; pixels: uint8 RGB [H, W, 3]; boxes (Tensor[R, 4]);
     config: the detector's (regions, inference and shared sections); dtype: autocast dtype or None.
@@ -224,26 +256,28 @@ def score_members(members: Sequence[tuple[nn.Module, ModelMeta]], pixels: np.nda
             normalised[key] = to_tensor(pixels, meta.mean, meta.std, device)
     inf = config.inference
     autocast = (lambda: torch.autocast(device.type, dtype=dtype)) if dtype is not None else None
-    return ensemble_scores([m for m, _ in members], [config.regions.crop_size or meta.input_size for _, meta in members],
-                           [normalised[(tuple(meta.mean), tuple(meta.std))] for _, meta in members], boxes,
-                           scale=scale, context_pad=config.regions.context_pad, batch_size=inf.batch_size or 256,
-                           sampling_ratio=config.shared.sampling_ratio, mirror=inf.mirror, autocast=autocast,
-                           channels_last=inf.channels_last)
+    return ensemble_outputs([m for m, _ in members], [config.regions.crop_size or meta.input_size for _, meta in members],
+                            [normalised[(tuple(meta.mean), tuple(meta.std))] for _, meta in members], boxes,
+                            regressors, keep_features, scale=scale, context_pad=config.regions.context_pad,
+                            batch_size=inf.batch_size or 256, sampling_ratio=config.shared.sampling_ratio,
+                            mirror=inf.mirror, autocast=autocast, channels_last=inf.channels_last)
 
 
-def detector_scores(detector, pixels: np.ndarray, boxes: Tensor, regress: bool = False) -> tuple[Tensor, None, None]:
-    """The shared-mode branch of a `detect.detector.Detector`'s scoring: (Tensor[R, K+1], None, None),
-    timed into its timings["network"]. InputError on an unknown `mode`; ValueError where the
-    mode cannot serve: box regression and pooled features (fitted on R-CNN crops), or a member
-    that is not backbone's GoogLeNet."""
+def detector_scores(detector, pixels: np.ndarray, boxes: Tensor, regress: bool = False,
+                    keep_features: bool = False) -> tuple[Tensor, Tensor | None, list[Tensor] | None]:
+    """The shared-mode branch of a `detect.detector.Detector`'s `_score`, timed into its
+    timings["network"]: (mean softmax Tensor[R, K+1], mean deltas Tensor[R, K, 4] if `regress`,
+    per-member features Tensor[V, R, D] if `keep_features`). InputError on an unknown `mode`;
+    ValueError for `regress` without regressors or a member that is not backbone's GoogLeNet."""
     if detector.config.mode not in MODES:
         raise InputError(None, f"mode must be one of {', '.join(MODES)}, got '{detector.config.mode}'")
-    if regress:
-        raise ValueError("box regression and region features are R-CNN mode only (mode: rcnn)")
+    if regress and not detector.regressors:
+        raise ValueError("this detector has no box regressors (fit them with `detect fit-boxes`)")
     start = time.perf_counter()
-    scores = score_members(detector.members, pixels, boxes, detector.config, detector.dtype)
+    out = score_members(detector.members, pixels, boxes, detector.config, detector.dtype,
+                        detector.regressors if regress else None, keep_features)
     detector.timings["network"] += time.perf_counter() - start
-    return scores, None, None
+    return out
 
 
 # ---- counting the work ---------------------------------------------------------------------------

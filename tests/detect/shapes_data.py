@@ -84,6 +84,16 @@ def make_shapes_dataset(root: str | Path, splits: dict[str, int], size: int = 11
     return root
 
 
+def jittered(gt: torch.Tensor, n: int, gen: torch.Generator) -> torch.Tensor:
+    """n boxes around each ground-truth box (Tensor[G, 4]): centre moved by up to 15% of the
+    size and each side scaled by up to exp(+-0.2), symmetric so that no constant shift helps."""
+    g = gt.repeat_interleave(n, 0)
+    size = g[:, 2:] - g[:, :2]
+    centre = (g[:, :2] + g[:, 2:]) / 2 + (torch.rand(len(g), 2, generator=gen) * 0.3 - 0.15) * size
+    size = size * torch.exp(torch.rand(len(g), 2, generator=gen) * 0.4 - 0.2)
+    return torch.cat([centre - size / 2, centre + size / 2], 1)
+
+
 def small_image_proposals() -> "ProposalConfig":
     """Selective search as the paper's (fast, 2x superpixels) but on the image as it is."""
     from proposals import ProposalConfig, SelectiveSearchConfig

@@ -17,7 +17,7 @@ from detect.detector import Detector, select_detections
 from detect.finetune import train_detector
 from detect.fit_boxes import ensemble_boxes, fit_members, fit_run, training_pairs
 from proposals import ProposalCache
-from shapes_data import make_init_classifier, make_shapes_dataset
+from shapes_data import jittered, make_init_classifier, make_shapes_dataset
 
 TINY = ["finetune.workers=0", "finetune.batch_regions=16", "finetune.fg_per_batch=6",
         "finetune.images_per_batch=2", "finetune.dropout=0.0", "finetune.lr=0.01", "finetune.threads=1",
@@ -25,16 +25,6 @@ TINY = ["finetune.workers=0", "finetune.batch_regions=16", "finetune.fg_per_batc
 # The pooled features of a briefly trained width-0.125 net are small (norm ~5): a lambda of 10
 # already shrinks the moves to a third of their gain (mean IoU 0.72 -> 0.83 at 0.01, 0.74 at 10).
 LAMBDA = 0.01
-
-
-def jittered(gt: torch.Tensor, n: int, gen: torch.Generator) -> torch.Tensor:
-    """n boxes around each ground-truth box (Tensor[G, 4]): centre moved by up to 15% of the
-    size and each side scaled by up to exp(+-0.2), symmetric so that no constant shift helps."""
-    g = gt.repeat_interleave(n, 0)
-    size = g[:, 2:] - g[:, :2]
-    centre = (g[:, :2] + g[:, 2:]) / 2 + (torch.rand(len(g), 2, generator=gen) * 0.3 - 0.15) * size
-    size = size * torch.exp(torch.rand(len(g), 2, generator=gen) * 0.4 - 0.2)
-    return torch.cat([centre - size / 2, centre + size / 2], 1)
 
 
 @pytest.fixture(scope="module")
