@@ -14,6 +14,7 @@ Shapes: B images, K priors, N ground-truth boxes of an image, S the input side.
 from __future__ import annotations
 
 import dataclasses
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -92,18 +93,27 @@ def check_samples(samples: Sequence[Sample]) -> list[Sample]:
 
 
 class BoxImages(Dataset):
-    """(image, normalised boxes): uint8 Tensor[3, S, S] and Tensor[N, 4] in [0, 1]."""
+    """(image, normalised boxes): uint8 Tensor[3, S, S] and Tensor[N, 4] in [0, 1], or None for
+    an image that cannot be decoded (a truncated file passes the header checks): it is left out
+    of its batch, with one warning line per process, as `detect proposals` leaves it out."""
 
     def __init__(self, samples: Sequence[Sample], input_size: int):
         self.samples = list(samples)
         self.input_size = input_size
+        self.unreadable: set[Path] = set()
 
     def __len__(self) -> int:
         return len(self.samples)
 
-    def __getitem__(self, i: int) -> tuple[Tensor, Tensor]:
+    def __getitem__(self, i: int) -> tuple[Tensor, Tensor] | None:
         path, boxes = self.samples[i]
-        image = load_image(path)
+        try:
+            image = load_image(path)
+        except InputError as e:
+            if path not in self.unreadable:
+                self.unreadable.add(path)
+                print(f"warning: {e}; left out of training", file=sys.stderr, flush=True)
+            return None
         h, w = image.shape[:2]
         scale = torch.tensor([w, h, w, h], dtype=torch.float32)
         pixels = torch.from_numpy(resize_square(image, self.input_size)).permute(2, 0, 1)
@@ -111,6 +121,10 @@ class BoxImages(Dataset):
 
 
 def collate(batch: list) -> tuple[Tensor, list[Tensor]]:
+    """Images Tensor[B, 3, S, S] and their boxes, the unreadable ones (None) left out."""
+    batch = [b for b in batch if b is not None]
+    if not batch:
+        return torch.zeros(0, 3, 1, 1, dtype=torch.uint8), []
     return torch.stack([b[0] for b in batch]), [b[1] for b in batch]
 
 
@@ -174,6 +188,8 @@ def train_one_epoch(net: nn.Module, state: TrainState, loader: DataLoader, sched
     lr = 0.0
     with Meter(priors.device, 3, len(loader), f"epoch {epoch + 1}/{cfg.epochs}", show) as meter:
         for i, (batch, targets) in enumerate(loader):
+            if not len(batch):  # every image of this step unreadable (BoxImages)
+                continue
             step = epoch * len(loader) + i
             lr = schedule.rate(step)
             set_lr(state.optimizer, lr)

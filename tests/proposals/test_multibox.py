@@ -2,6 +2,7 @@
 comparison with a sliding-window grid of the same number of boxes."""
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
@@ -279,6 +280,24 @@ def test_training_refuses_a_malformed_box(tmp_path):
     samples[1] = (samples[1][0], torch.tensor([[10.0, 10.0, 5.0, 20.0]]))
     with pytest.raises(InputError, match="0001.png"):
         train_multibox(small_config(), samples, tmp_path / "run", device="cpu")
+
+
+def test_an_undecodable_image_is_left_out_with_one_warning(tmp_path, capsys, one_thread):
+    """A JPEG cut short passes the header checks; training leaves it out of its batches (one
+    warning line) instead of stopping, and learns from the images it can read."""
+    samples = objects_dataset(tmp_path / "img", 12, seed=3)
+    whole = io.BytesIO()
+    Image.open(samples[2][0]).convert("RGB").save(whole, "JPEG")
+    bad = tmp_path / "img" / "cut.jpg"
+    bad.write_bytes(whole.getvalue()[:len(whole.getvalue()) // 2])
+    samples[2] = (bad, samples[2][1])
+    cfg = small_config(epochs=2, batch_size=3)
+    cfg.model.num_priors = 16
+    run = train_multibox(cfg, samples, tmp_path / "run", device="cpu")
+    lines = [json.loads(s) for s in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["images"] for r in lines] == [11, 11]
+    warnings = [ln for ln in capsys.readouterr().err.splitlines() if "cut.jpg" in ln]
+    assert len(warnings) == 1 and warnings[0].startswith("warning: ") and "left out of training" in warnings[0]
 
 
 def test_cli_trains_from_a_voc_folder_starting_from_a_classifier(tmp_path, capsys, one_thread):
