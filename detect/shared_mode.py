@@ -256,11 +256,12 @@ def score_members(members: Sequence[tuple[nn.Module, ModelMeta]], pixels: np.nda
             normalised[key] = to_tensor(pixels, meta.mean, meta.std, device)
     inf = config.inference
     autocast = (lambda: torch.autocast(device.type, dtype=dtype)) if dtype is not None else None
-    return ensemble_outputs([m for m, _ in members], [config.regions.crop_size or meta.input_size for _, meta in members],
-                            [normalised[(tuple(meta.mean), tuple(meta.std))] for _, meta in members], boxes,
-                            regressors, keep_features, scale=scale, context_pad=config.regions.context_pad,
-                            batch_size=inf.batch_size or 256, sampling_ratio=config.shared.sampling_ratio,
-                            mirror=inf.mirror, autocast=autocast, channels_last=inf.channels_last)
+    sizes = [config.regions.crop_size or meta.input_size for _, meta in members]
+    images = [normalised[(tuple(meta.mean), tuple(meta.std))] for _, meta in members]
+    return ensemble_outputs([m for m, _ in members], sizes, images, boxes, regressors, keep_features, scale=scale,
+                            context_pad=config.regions.context_pad, batch_size=inf.batch_size or 256,
+                            sampling_ratio=config.shared.sampling_ratio, mirror=inf.mirror, autocast=autocast,
+                            channels_last=inf.channels_last)
 
 
 def detector_scores(detector, pixels: np.ndarray, boxes: Tensor, regress: bool = False,
