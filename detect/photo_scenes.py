@@ -103,17 +103,18 @@ def make_photo_scene(split: str, index: int, seed: int, photos: list[np.ndarray]
 
 def make_photo_scenes(out: str | Path, counts: dict[str, int], seed: int = 0,
                       scene_side: tuple[int, int] = SCENE_SIDE, object_side: tuple[int, int] = OBJECT_SIDE,
-                      quality: int = 90) -> Path:
+                      quality: int = 90, photos: list[np.ndarray] | None = None) -> Path:
     """Write counts[split] scenes per split ("train", "test") as a Pascal VOC folder under `out`:
     JPEGImages/<split>_NNNN.jpg, Annotations/<split>_NNNN.xml, ImageSets/Main/<split>.txt and
-    classes.txt. Returns the folder. The same arguments write the same files."""
+    classes.txt. Returns the folder. The same arguments write the same files. `photos`: the
+    backgrounds as `load_photos()` returns them (loaded here if None)."""
     import torch
 
     from backbone.io import atomic_path, atomic_write_text
     from detect.data import write_voc
 
     root = Path(out)
-    photos = load_photos()
+    photos = load_photos() if photos is None else photos
     for split, count in counts.items():
         keys = [f"{split}_{i:04d}" for i in range(count)]
         for index, key in enumerate(keys):

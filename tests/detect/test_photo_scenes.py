@@ -71,8 +71,8 @@ def test_objects_change_only_the_pixels_inside_their_boxes(photos, monkeypatch):
     assert not changed[~inside].any()
 
 
-def test_written_set_counts_round_trip_and_determinism(tmp_path):
-    small = {"scene_side": (96, 128), "object_side": (40, 60)}
+def test_written_set_counts_round_trip_and_determinism(tmp_path, photos):
+    small = {"scene_side": (96, 128), "object_side": (40, 60), "photos": photos}
     root = ps.make_photo_scenes(tmp_path / "a", {"train": 5, "test": 3}, seed=7, **small)
     assert (root / "classes.txt").read_text().split() == ps.CLASSES
     assert len(list((root / "JPEGImages").glob("*.jpg"))) == 8
@@ -80,9 +80,9 @@ def test_written_set_counts_round_trip_and_determinism(tmp_path):
     train, test = load_dataset(root, "train"), load_dataset(root, "test")
     assert [r.key for r in train.images] == [f"train_{i:04d}" for i in range(5)] and len(test.images) == 3
     assert train.classes == ps.CLASSES
-    photos = ps.load_photos()
     for rec in train.images:
-        _, boxes, labels = ps.make_photo_scene("train", int(rec.key[-4:]), 7, photos, **small)
+        _, boxes, labels = ps.make_photo_scene("train", int(rec.key[-4:]), 7, photos, small["scene_side"],
+                                               small["object_side"])
         assert rec.boxes.tolist() == boxes.tolist() and rec.labels.tolist() == labels.tolist()
     again = ps.make_photo_scenes(tmp_path / "b", {"train": 5, "test": 3}, seed=7, **small)
     other = ps.make_photo_scenes(tmp_path / "c", {"train": 5, "test": 3}, seed=8, **small)
