@@ -38,6 +38,12 @@ META_FILE = "multibox.json"
 
 # ----------------------------------------------------------------------------- priors
 
+def distinct_boxes(boxes: Tensor) -> int:
+    """How many different boxes (Tensor[M, 4], normalised; equal to 6 decimals) there are: the
+    most priors k-means can make of them."""
+    return len(np.unique(boxes.detach().cpu().double().numpy().reshape(-1, 4).round(6), axis=0))
+
+
 def kmeans_priors(boxes: Tensor, k: int, seed: int = 0, min_std: float = 0.01,
                   max_boxes: int = 20000, iters: int = 20) -> tuple[Tensor, Tensor]:
     """Cluster normalised ground-truth boxes into `k` priors.
@@ -57,7 +63,7 @@ def kmeans_priors(boxes: Tensor, k: int, seed: int = 0, min_std: float = 0.01,
     from scipy.cluster.vq import kmeans2, vq  # training only: detection need not import it (0.7 s of CPU)
 
     data = boxes.detach().cpu().double().numpy().reshape(-1, 4)
-    distinct = len(np.unique(data.round(6), axis=0))
+    distinct = distinct_boxes(boxes)
     if distinct < k:
         raise InputError(None, f"{distinct} distinct ground-truth boxes cannot make {k} priors; "
                                f"lower model.num_priors or add training data")

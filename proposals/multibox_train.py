@@ -34,7 +34,7 @@ from backbone.engine import (Meter, Schedule, TrainState, check_finite, check_re
 from backbone.errors import InputError
 from backbone.io import load_image
 from backbone.models import IMAGENET_MEAN, IMAGENET_STD, load_classifier
-from proposals.multibox import (MultiBox, MultiBoxMeta, MultiBoxNet, build_multibox_net,
+from proposals.multibox import (MultiBox, MultiBoxMeta, MultiBoxNet, build_multibox_net, distinct_boxes,
                                 he_init_, kmeans_priors, multibox_loss, normalize, resize_square,
                                 save_multibox)
 
@@ -164,14 +164,18 @@ def normalised_boxes(samples: Sequence[Sample]) -> Tensor:
 def new_meta(cfg: MultiBoxConfig, samples: Sequence[Sample], init_run: str | Path | None,
              device: torch.device) -> tuple[MultiBoxMeta, nn.Module | None]:
     """Priors by k-means on the training boxes; the trunk from a classifier run if given."""
-    m = cfg.model
-    priors, std = kmeans_priors(normalised_boxes(samples), m.num_priors, cfg.train.seed, m.min_std)
+    m, boxes = cfg.model, normalised_boxes(samples)
+    k = min(m.num_priors, distinct_boxes(boxes))
+    if k < m.num_priors:  # a small data set: as many priors as it has boxes, said once
+        print(f"note: {k} distinct training boxes make {k} priors, not model.num_priors={m.num_priors}",
+              file=sys.stderr, flush=True)
+    priors, std = kmeans_priors(boxes, k, cfg.train.seed, m.min_std)
     arch, width, mean, img_std, extra, trunk = m.arch, m.width, IMAGENET_MEAN, IMAGENET_STD, {}, None
     if init_run is not None:
         trunk, cmeta = load_classifier(init_run, device)
         arch, width, mean, img_std = cmeta.arch, cmeta.width, cmeta.mean, cmeta.std
         extra = {"init": str(init_run)}
-    meta = MultiBoxMeta(arch, width, m.input_size, m.num_priors, m.head_pool, m.head_hidden,
+    meta = MultiBoxMeta(arch, width, m.input_size, k, m.head_pool, m.head_hidden,
                         priors.tolist(), std.tolist(), tuple(mean), tuple(img_std), extra)
     return meta, trunk
 

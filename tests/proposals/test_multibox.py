@@ -282,6 +282,18 @@ def test_training_refuses_a_malformed_box(tmp_path):
         train_multibox(small_config(), samples, tmp_path / "run", device="cpu")
 
 
+def test_fewer_distinct_boxes_than_priors_make_that_many_priors(tmp_path, capsys, one_thread):
+    samples = objects_dataset(tmp_path / "img", 4, seed=2)
+    distinct = len({tuple(b.tolist()) for _, boxes in samples for b in boxes})
+    cfg = small_config(epochs=1, batch_size=4)
+    cfg.model.num_priors = distinct + 10
+    run = train_multibox(cfg, samples, tmp_path / "run", device="cpu")
+    assert json.loads((run / "multibox.json").read_text())["num_priors"] == distinct
+    assert len(MultiBox.load(run).predict_batch([samples[0][0]], top_k=200)[0][0]) == distinct
+    assert f"{distinct} distinct training boxes make {distinct} priors, not model.num_priors={distinct + 10}" \
+        in capsys.readouterr().err
+
+
 def test_an_undecodable_image_is_left_out_with_one_warning(tmp_path, capsys, one_thread):
     """A JPEG cut short passes the header checks; training leaves it out of its batches (one
     warning line) instead of stopping, and learns from the images it can read."""
