@@ -21,6 +21,8 @@ keeps the one with the best COCO AP (0.5:0.95) on a validation split, scored onc
 """
 from __future__ import annotations
 
+import sys
+
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -62,16 +64,20 @@ def _as_is(item):
 
 def cached_images(dataset: DetectionDataset, cache: ProposalCache, workers: int = 0,
                   desc: str = "fit boxes") -> Iterator[tuple[ImageRecord, object, Tensor]]:
-    """(record, pixels uint8 [H, W, 3], proposals Tensor[P, 4]) of each image of `dataset`;
-    InputError naming the cache for an image it lacks."""
-    loader = torch.utils.data.DataLoader(_Pixels(dataset.images), batch_size=None, num_workers=workers,
+    """(record, pixels uint8 [H, W, 3], proposals Tensor[P, 4]) of each image of `dataset` that
+    has cached proposals; the others (`detect proposals` skipped them, or was not run on them) are
+    skipped and listed on stderr, as train-detector does. InputError when no image has any."""
+    records = [rec for rec in dataset.images if rec.key in cache]
+    missing = [rec.key for rec in dataset.images if rec.key not in cache]
+    if not records:
+        raise InputError(cache.root, f"no cached proposals for the {len(missing)} images (run `detect proposals`)")
+    if missing:
+        print(f"skipped {len(missing)} images without cached proposals: {', '.join(missing[:10])}"
+              f"{' ...' if len(missing) > 10 else ''}", file=sys.stderr, flush=True)
+    loader = torch.utils.data.DataLoader(_Pixels(records), batch_size=None, num_workers=workers,
                                          collate_fn=_as_is)
-    for i, pixels in progress(loader, desc=desc, unit="image", total=len(dataset.images)):
-        rec = dataset.images[i]
-        cached = cache.get(rec.key)
-        if cached is None:
-            raise InputError(cache.root, f"no cached proposals for image '{rec.key}' (run `detect proposals`)")
-        yield rec, pixels, cached[0].float().reshape(-1, 4)
+    for i, pixels in progress(loader, desc=desc, unit="image", total=len(records)):
+        yield records[i], pixels, cache.get(records[i].key)[0].float().reshape(-1, 4)
 
 
 def _mirror(boxes: Tensor, width: int) -> Tensor:

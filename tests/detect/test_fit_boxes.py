@@ -110,6 +110,23 @@ def test_mirrored_views_average_deltas_with_tx_negated(setup):
     torch.testing.assert_close(det.regress_boxes(rec.path, boxes), want)
 
 
+def test_an_image_without_cached_proposals_is_skipped_and_named(setup, capsys, tmp_path):
+    """`detect proposals` leaves an undecodable image out of the cache: fitting skips it."""
+    import shutil
+
+    s = setup
+    run_dir, cache_dir = tmp_path / "run", tmp_path / "cache"
+    shutil.copytree(s["run"], run_dir)
+    shutil.copytree(s["cache"].root, cache_dir)
+    gone = s["train"].images[1].key
+    ProposalCache(cache_dir).path(gone).unlink()
+    code, _, err = run(capsys, "fit-boxes", "--model", str(run_dir), "--data", str(s["data"]), "--split", "train",
+                       "--proposals", str(cache_dir), "--device", "cpu")
+    assert code == 0, err
+    assert f"skipped 1 images without cached proposals: {gone}" in err
+    assert (run_dir / "members/0" / REGRESSOR_FILE).is_file()
+
+
 def test_cli_fits_and_a_partial_run_is_refused(setup, capsys, tmp_path):
     import shutil
 
