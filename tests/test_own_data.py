@@ -55,19 +55,22 @@ MAP_FLOOR = 0.35
 MAP_LINE = re.compile(r"^mAP \(.*\): ([0-9.]+)$", re.M)
 
 
-def readme_commands(readme: Path = REPO / "README.md") -> tuple[str, list[list[str]]]:
-    """(DATA's value, the `detect` commands as argument lists without `detect`) of the section."""
+def readme_commands(readme: Path = REPO / "README.md") -> tuple[dict[str, str], list[list[str]]]:
+    """(the block's variables, e.g. {"DATA": ..., "PHOTOS": ...}, and the `detect` commands as
+    argument lists without `detect`) of the section: `NAME=value` lines first, then commands."""
     text = readme.read_text(encoding="utf-8")
     assert SECTION in text, f"README.md has no '{SECTION}' section"
     section = text.split(SECTION, 1)[1].split("\n## ", 1)[0]
     blocks = re.findall(r"^```bash\n(.*?)^```", section, re.S | re.M)
     assert len(blocks) == 1, f"the section should have one bash block, found {len(blocks)}"
     lines = [ln.strip() for ln in blocks[0].splitlines() if ln.strip() and not ln.strip().startswith("#")]
-    assert lines and lines[0].startswith("DATA="), f"the block should start with DATA=..., got {lines[:1]}"
-    commands = [shlex.split(ln) for ln in lines[1:]]
+    names = [ln for ln in lines if re.fullmatch(r"[A-Z_]+=\S+", ln)]
+    assert lines[:len(names)] == names and "DATA" in [ln.split("=")[0] for ln in names], \
+        f"the block should start with DATA=... (and other NAME=value lines), got {lines[:1]}"
+    commands = [shlex.split(ln) for ln in lines[len(names):]]
     for argv in commands:
         assert argv[0] == "detect", f"not a detect command: {shlex.join(argv)}"
-    return lines[0].split("=", 1)[1], [argv[1:] for argv in commands]
+    return dict(ln.split("=", 1) for ln in names), [argv[1:] for argv in commands]
 
 
 def command_key(argv: list[str]) -> str:
@@ -78,30 +81,34 @@ def command_key(argv: list[str]) -> str:
     return argv[0]
 
 
-def substitute(argv: list[str], data: Path, out: Path) -> list[str]:
-    """$DATA and runs/own replaced in every argument (also inside key=value overrides)."""
-    return [a.replace("${DATA}", str(data)).replace("$DATA", str(data)).replace("runs/own", str(out))
-            for a in argv]
+def substitute(argv: list[str], values: dict[str, Path], out: Path) -> list[str]:
+    """Each $NAME of `values` and runs/own replaced in every argument (also inside key=value overrides)."""
+    def one(arg: str) -> str:
+        for name, value in values.items():
+            arg = arg.replace("${" + name + "}", str(value)).replace("$" + name, str(value))
+        return arg.replace("runs/own", str(out))
+    return [one(a) for a in argv]
 
 
 def option(argv: list[str], name: str) -> str:
     return argv[argv.index(name) + 1]
 
 
-def run_section(capsys, data: Path, out: Path, fast: bool, damaged: str | None = None,
+def run_section(capsys, values: dict[str, Path], out: Path, fast: bool, damaged: str | None = None,
                 readme: Path = REPO / "README.md") -> dict[str, str]:
     """Run the section's commands in order; returns each command's stdout by `command_key`.
 
     Every command must be a key of `FAST` (a README line the test does not know fails it);
     `fast` appends its additions. Each must exit 0, or 1 with `damaged` (an image file the data
     set is known to hold damaged, which the commands skip and list) in its output."""
-    _, commands = readme_commands(readme)
+    names, commands = readme_commands(readme)
+    assert set(names) == set(values), f"the block's variables {sorted(names)}, the test's {sorted(values)}"
     keys = [command_key(argv) for argv in commands]
     unknown = [k for k in keys if k not in FAST]
     assert not unknown, f"README commands this test does not know (add them to FAST): {unknown}"
     outputs = {}
     for key, argv in zip(keys, commands):
-        argv = substitute(argv, data, out) + (FAST[key] if fast else [])
+        argv = substitute(argv, values, out) + (FAST[key] if fast else [])
         with pytest.raises(SystemExit) as done:
             main(argv)
             raise SystemExit(0)
@@ -116,22 +123,31 @@ def run_section(capsys, data: Path, out: Path, fast: bool, damaged: str | None =
 
 
 def section_map(outputs: dict[str, str]) -> float:
-    """The mAP `detect eval --map` printed, and a check that `detect run` wrote detections."""
+    """The first mAP `detect eval --map` printed (IoU 0.5), and a check that `detect run` wrote detections."""
     found = MAP_LINE.findall(outputs["eval --map"])
-    assert len(found) == 1, outputs["eval --map"]
+    first = next((ln for ln in outputs["eval --map"].splitlines() if ln.startswith("mAP (")), "")
+    assert found and "at IoU 0.5," in first, outputs["eval --map"]
     detections = json.loads((Path(outputs["run --out"]) / "detections.json").read_text())
     assert detections and all(len(d["bbox"]) == 4 and 0 <= d["score"] <= 1 for d in detections)
     return float(found[0])
 
 
+def some_photos(data: Path, folder: Path, count: int) -> Path:
+    """A folder of links to the first `count` test images of a VOC set: the user's new photographs."""
+    folder.mkdir()
+    for key in (data / "ImageSets" / "Main" / "test.txt").read_text().split()[:count]:
+        (folder / f"{key}.jpg").symlink_to(data / "JPEGImages" / f"{key}.jpg")
+    return folder
+
+
 def test_parser_reads_the_section():
-    data, commands = readme_commands()
-    assert data and commands
+    names, commands = readme_commands()
+    assert set(names) == {"DATA", "PHOTOS"} and commands
     assert [c for c in commands if command_key(c) == "eval --map"], "the section evaluates no detector"
     assert [c for c in commands if c[0] == "run"], "the section ends with no detect run"
     assert command_key(["eval", "--map", "--data", "x"]) == "eval --map" and command_key(["crops"]) == "crops"
-    assert substitute(["--data", "$DATA", "m.model=runs/own/mb"], Path("/d"), Path("/o")) == \
-        ["--data", "/d", "m.model=/o/mb"]
+    assert substitute(["--data", "$DATA", "m.model=runs/own/mb", "${PHOTOS}/x"], {"DATA": Path("/d"), "PHOTOS": Path("/p")},
+                      Path("/o")) == ["--data", "/d", "m.model=/o/mb", "/p/x"]
 
 
 def _readme(tmp_path: Path, *commands: str) -> Path:
@@ -144,12 +160,12 @@ def _readme(tmp_path: Path, *commands: str) -> Path:
 
 def test_an_unknown_or_failing_command_fails_the_run(tmp_path, capsys):
     unknown = _readme(tmp_path, "detect data --data $DATA", "detect frobnicate --out runs/own/x")
-    assert readme_commands(unknown) == ("path/to/voc", [["data", "--data", "$DATA"], ["frobnicate", "--out", "runs/own/x"]])
+    assert readme_commands(unknown) == ({"DATA": "path/to/voc"}, [["data", "--data", "$DATA"], ["frobnicate", "--out", "runs/own/x"]])
     with pytest.raises(AssertionError, match=r"does not know .*\['frobnicate'\]"):
-        run_section(capsys, tmp_path, tmp_path / "own", fast=True, readme=unknown)
+        run_section(capsys, {"DATA": tmp_path}, tmp_path / "own", fast=True, readme=unknown)
     failing = _readme(tmp_path, "detect data --data $DATA/missing")  # no such folder: exit 2
     with pytest.raises(AssertionError, match="exited 2"):
-        run_section(capsys, tmp_path, tmp_path / "own", fast=True, readme=failing)
+        run_section(capsys, {"DATA": tmp_path}, tmp_path / "own", fast=True, readme=failing)
 
 
 def test_own_data_section_on_generated_photo_scenes(tmp_path, capsys, monkeypatch):
@@ -159,7 +175,8 @@ def test_own_data_section_on_generated_photo_scenes(tmp_path, capsys, monkeypatc
     try:
         data = make_photo_scenes(tmp_path / "data", {"train": 40, "test": 20}, seed=0,
                                  scene_side=(192, 256), object_side=(40, 100))
-        outputs = run_section(capsys, data, tmp_path / "own", fast=True)
+        outputs = run_section(capsys, {"DATA": data, "PHOTOS": some_photos(data, tmp_path / "photos", 3)},
+                              tmp_path / "own", fast=True)
     finally:
         torch.set_num_threads(threads)
     assert section_map(outputs) >= MAP_FLOOR
@@ -173,6 +190,7 @@ def test_own_data_section_on_kangaroo(tmp_path, capsys, monkeypatch):
     # The set holds one truncated JPEG: `detect data --decode` names it (exit 1); the commands
     # that read the training images skip it and list it (exit 1); the rest must exit 0.
     damaged = str(KANGAROO / "JPEGImages" / "00090.jpg")
-    outputs = run_section(capsys, KANGAROO, tmp_path / "own", fast=False, damaged=damaged)
+    photos = some_photos(KANGAROO, tmp_path / "photos", 5)
+    outputs = run_section(capsys, {"DATA": KANGAROO, "PHOTOS": photos}, tmp_path / "own", fast=False, damaged=damaged)
     assert f"1 problem(s) found:\n  {damaged}: cannot decode:" in outputs["data"]
     assert section_map(outputs) > 0.283
