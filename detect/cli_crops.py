@@ -15,9 +15,9 @@ import click
               help="Folder to write: train/ and val/ of class folders (created; resumed if present).")
 @click.option("--size", type=click.IntRange(min=8), default=128, show_default=True,
               help="Side of a saved crop: 256/224 x the classifier's model.input_size (128 for 112).")
-@click.option("--per-box", type=click.IntRange(min=1), default=4, show_default=True,
+@click.option("--per-box", type=click.IntRange(min=1), default=8, show_default=True,
               help="Crops per ground-truth box: the box, then jittered copies at IoU >= 0.7 to it.")
-@click.option("--background", type=click.FloatRange(0, 1, max_open=True), default=0.25, show_default=True,
+@click.option("--background", type=click.FloatRange(0, 1, max_open=True), default=0.4, show_default=True,
               help="Share of the crops that are background regions (IoU < 0.3 to every box), "
                    "class __background__; 0: none.")
 @click.option("--context-pad", type=click.IntRange(0, 111), default=16, show_default=True,

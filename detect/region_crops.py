@@ -74,9 +74,9 @@ ROUNDS = 20  # ... at most this many times before giving up on a crop
 @dataclass
 class CropSettings:
     size: int = 128  # side of a saved crop: 256/224 x the classifier's input size (128 for 112)
-    per_box: int = 4  # crops per ground-truth box: the box itself, then jittered copies
+    per_box: int = 8  # crops per ground-truth box: the box itself, then jittered copies (docs/own_data.md: 8 against 4)
     jitter_iou: float = 0.7  # a jittered copy overlaps its box at least this much (IoU)
-    background: float = 0.25  # share of a split's crops that are background regions (0: none)
+    background: float = 0.4  # share of a split's crops that are background regions (0: none)
     background_iou: float = 0.3  # a background region overlaps every box of its image less than this
     context_pad: int = 16  # context pixels around a box at 224, the detector's regions.context_pad
     seed: int = 0  # seeds every box drawn (and the held-out val images)
