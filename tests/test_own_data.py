@@ -184,7 +184,7 @@ def test_own_data_section_on_generated_photo_scenes(tmp_path, capsys, monkeypatc
 
 @pytest.mark.skipif(not KANGAROO.is_dir(), reason=f"{KANGAROO} not present")
 @pytest.mark.skipif(os.environ.get("DETECT_SLOW_TESTS") != "1",
-                    reason="about 40 minutes: set DETECT_SLOW_TESTS=1")
+                    reason="about 25 minutes on 2 cores: set DETECT_SLOW_TESTS=1")
 def test_own_data_section_on_kangaroo(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(REPO)
     # The set holds one truncated JPEG: `detect data --decode` names it (exit 1); the commands

@@ -123,3 +123,29 @@ def make_init_classifier(run_dir: str | Path, width: float = 0.125, input_size: 
                      mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
     save_classifier(run_dir, model, meta)
     return Path(run_dir)
+
+
+def regression_run(root: Path, train_images: int, trainer, overrides: list[str]) -> dict:
+    """A 2-member detector trained on generated shapes (`train_images` train, 6 test scenes of
+    96 px) over a cache of jittered boxes (foreground) and random ones (background), for the box
+    regression tests. trainer: `train_detector` of detect.finetune or detect.shared_finetune;
+    overrides: the detector config's dotted overrides.
+    Returns {"root", "data", "train", "test", "cache", "run"}."""
+    from backbone.config import load_config
+    from detect.config import DetectorConfig
+    from detect.data import load_dataset
+    from proposals import ProposalCache
+
+    torch.set_num_threads(1)  # a busy 2-core machine: more threads only fight
+    data = make_shapes_dataset(root / "data", {"train": train_images, "test": 6}, size=96, seed=5)
+    train, test = load_dataset(data, "train"), load_dataset(data, "test")
+    cache, gen = ProposalCache(root / "cache"), torch.Generator().manual_seed(0)
+    for rec in train.images + test.images:
+        xy = torch.rand(24, 2, generator=gen) * 60
+        background = torch.cat([xy, xy + 12 + torch.rand(24, 2, generator=gen) * 24], 1)
+        boxes = torch.cat([jittered(rec.boxes, 24, gen), background]).clamp(0, 96)
+        cache.put(rec.key, boxes, torch.zeros(len(boxes), dtype=torch.int64))
+    init = make_init_classifier(root / "init", width=0.125, input_size=64)
+    run = trainer(load_config(DetectorConfig, None, overrides), train, None, root / "cache", init, root / "run",
+                  members=2, device="cpu")
+    return {"root": root, "data": data, "train": train, "test": test, "cache": cache, "run": run}

@@ -8,16 +8,13 @@ import pytest
 import torch
 from torchvision.ops import box_iou, clip_boxes_to_image
 
-from backbone.config import load_config
 from cli_helpers import run
 from detect.box_regression import REGRESSOR_FILE, decode_boxes
-from detect.config import DetectorConfig
-from detect.data import load_dataset
 from detect.detector import Detector, select_detections
 from detect.finetune import train_detector
 from detect.fit_boxes import ensemble_boxes, fit_members, fit_run, training_pairs
 from proposals import ProposalCache
-from shapes_data import jittered, make_init_classifier, make_shapes_dataset
+from shapes_data import jittered, regression_run
 
 TINY = ["finetune.workers=0", "finetune.batch_regions=16", "finetune.fg_per_batch=6",
         "finetune.images_per_batch=2", "finetune.dropout=0.0", "finetune.lr=0.01", "finetune.threads=1",
@@ -29,20 +26,7 @@ LAMBDA = 0.01
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    torch.set_num_threads(1)  # a busy 2-core machine: more threads only fight
-    root = tmp_path_factory.mktemp("fit_boxes")
-    data = make_shapes_dataset(root / "data", {"train": 12, "test": 6}, size=96, seed=5)
-    train, test = load_dataset(data, "train"), load_dataset(data, "test")
-    cache, gen = ProposalCache(root / "cache"), torch.Generator().manual_seed(0)
-    for rec in train.images + test.images:  # jittered boxes (foreground) and random ones (background)
-        xy = torch.rand(24, 2, generator=gen) * 60
-        background = torch.cat([xy, xy + 12 + torch.rand(24, 2, generator=gen) * 24], 1)
-        boxes = torch.cat([jittered(rec.boxes, 24, gen), background]).clamp(0, 96)
-        cache.put(rec.key, boxes, torch.zeros(len(boxes), dtype=torch.int64))
-    init = make_init_classifier(root / "init", width=0.125, input_size=64)
-    out = train_detector(load_config(DetectorConfig, None, TINY), train, None, root / "cache", init,
-                         root / "run", members=2, device="cpu")
-    return {"root": root, "data": data, "train": train, "test": test, "cache": cache, "run": out}
+    return regression_run(tmp_path_factory.mktemp("fit_boxes"), 12, train_detector, TINY)
 
 
 def _mean_iou(boxes: torch.Tensor, gt: torch.Tensor) -> float:

@@ -9,16 +9,13 @@ import pytest
 import torch
 from torchvision.ops import box_iou, clip_boxes_to_image
 
-from backbone.config import load_config
 from detect.box_regression import REGRESSOR_FILE, BoxRegressor, decode_boxes
 from detect.config import DetectorConfig
-from detect.data import load_dataset
 from detect.detector import Detector
 from detect.fit_boxes import ensemble_boxes, fit_members, training_pairs
 from detect.regions import to_tensor
 from detect.shared_finetune import train_detector
-from proposals import ProposalCache
-from shapes_data import jittered, make_init_classifier, make_shapes_dataset
+from shapes_data import jittered, regression_run
 from tiny_detector import CLASSES, CROP, make_config, tiny_member
 
 # The 96 px scenes are scaled 2x (short side 192): their 26-44 px objects then span 3-5 cells of
@@ -116,20 +113,7 @@ def test_the_mirrored_view_is_the_mirrored_image_and_its_tx_is_negated():
 
 @pytest.fixture(scope="module")
 def shared_run(tmp_path_factory):
-    torch.set_num_threads(1)  # a busy 2-core machine: more threads only fight
-    root = tmp_path_factory.mktemp("shared_boxes")
-    data = make_shapes_dataset(root / "data", {"train": 24, "test": 6}, size=96, seed=5)
-    train, test = load_dataset(data, "train"), load_dataset(data, "test")
-    cache, gen = ProposalCache(root / "cache"), torch.Generator().manual_seed(0)
-    for rec in train.images + test.images:  # jittered boxes (foreground) and random ones (background)
-        xy = torch.rand(24, 2, generator=gen) * 60
-        background = torch.cat([xy, xy + 12 + torch.rand(24, 2, generator=gen) * 24], 1)
-        boxes = torch.cat([jittered(rec.boxes, 24, gen), background]).clamp(0, 96)
-        cache.put(rec.key, boxes, torch.zeros(len(boxes), dtype=torch.int64))
-    init = make_init_classifier(root / "init", width=0.125, input_size=64)
-    run = train_detector(load_config(DetectorConfig, None, TINY), train, None, root / "cache", init, root / "run",
-                         members=2, device="cpu")
-    return {"train": train, "test": test, "cache": cache, "run": run}
+    return regression_run(tmp_path_factory.mktemp("shared_boxes"), 24, train_detector, TINY)
 
 
 def test_train_detector_fits_regressors_for_a_shared_run(shared_run):
