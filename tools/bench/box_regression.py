@@ -50,18 +50,20 @@ def score(args: argparse.Namespace) -> None:
 
 
 def detect(args: argparse.Namespace) -> None:
-    """plain.detections.json (the proposals' boxes) and regressed.detections.json."""
+    """plain.detections.json (the proposals' boxes) and, when the run has regressors,
+    regressed.detections.json."""
     det = Detector.load(args.model, "cpu")
-    if not det.regressors:
-        raise SystemExit(f"{args.model} has no box regressors (detect fit-boxes)")
     dataset = load_dataset(args.data, args.split)
     dataset = dataclasses.replace(dataset, images=dataset.images[:args.limit or None])
     inf = det.config.inference
-    found: dict[str, dict] = {"plain": {}, "regressed": {}}
+    found: dict[str, dict] = {"plain": {}, "regressed": {}} if det.regressors else {"plain": {}}
     for rec in dataset.images:
         s = torch.load(Path(args.out) / "scored" / f"{rec.key}.pt")
-        moved = ensemble_boxes(det.regressors, [f.float() for f in s["features"]], s["boxes"], s["size"])
-        for name, boxes in (("plain", s["boxes"]), ("regressed", moved)):
+        kinds = [("plain", s["boxes"])]
+        if det.regressors:
+            kinds.append(("regressed", ensemble_boxes(det.regressors, [f.float() for f in s["features"]],
+                                                      s["boxes"], s["size"])))
+        for name, boxes in kinds:
             found[name][rec.image_id] = select_detections(boxes, s["scores"], inf.nms_iou, inf.score_threshold,
                                                           inf.max_detections)
     for name, dets in found.items():
