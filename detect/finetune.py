@@ -44,6 +44,7 @@ from backbone.progress import write
 from backbone.warm_start import carry_rows, class_key, main_head, match_rows  # class_key: also read from here
 from detect.config import MODES, DetectorConfig, FinetuneConfig
 from detect.data import DetectionDataset, ImageRecord
+from detect.records import skipped_line, usable_images
 from detect.dataset_detections import detect_dataset
 from detect.detector import BACKGROUND, Detector, save_detector_run
 from detect.metrics import evaluate_map
@@ -53,14 +54,6 @@ from detect.sampling import (SEED_DROPOUT, SEED_HEAD, EpochSteps, LabelledRegion
 from proposals import ProposalCache
 
 LOG_FILE = "metrics.jsonl"
-
-
-def usable_images(dataset: DetectionDataset, cache: ProposalCache) -> tuple[list[int], list[str]]:
-    """Indices into dataset.images of the images with cached proposals, and the keys without."""
-    kept, skipped = [], []
-    for i, rec in enumerate(dataset.images):
-        (kept if rec.key in cache else skipped).append(i)
-    return kept, [dataset.images[i].key for i in skipped]
 
 
 def label_image(rec: ImageRecord, cache: ProposalCache, ft: FinetuneConfig) -> LabelledRegions:
@@ -352,8 +345,7 @@ def _train_detector(cfg: DetectorConfig, dataset: DetectionDataset, val_dataset:
     kept, skipped = usable_images(dataset, cache)
     _check_inputs(cfg, out_dir, resume, len(kept), dist, dataset)
     if skipped and dist.is_main:
-        write(f"skipped {len(skipped)} images without cached proposals: "
-                   f"{', '.join(skipped[:10])}{' ...' if len(skipped) > 10 else ''}")
+        write(skipped_line(skipped))
     # Workers forked once, before any member is built (backbone.loaders says why).
     loader = make_loader(TrainImages([dataset.images[i] for i in kept], cache.root, cfg.finetune),
                          dist, cfg.finetune.workers)

@@ -36,7 +36,7 @@ from backbone.progress import progress
 from detect.box_regression import (REGRESSOR_FILE, BoxRegressor, decode_boxes, fit_box_regressor,
                                    match_for_regression, mean_deltas)
 from detect.detector import RUN_JSON, Detector, select_detections
-from detect.records import DetectionDataset, ImageRecord
+from detect.records import DetectionDataset, ImageRecord, skipped_line, usable_images
 from proposals import ProposalCache
 
 
@@ -67,13 +67,12 @@ def cached_images(dataset: DetectionDataset, cache: ProposalCache, workers: int 
     """(record, pixels uint8 [H, W, 3], proposals Tensor[P, 4]) of each image of `dataset` that
     has cached proposals; the others (`detect proposals` skipped them, or was not run on them) are
     skipped and listed on stderr, as train-detector does. InputError when no image has any."""
-    records = [rec for rec in dataset.images if rec.key in cache]
-    missing = [rec.key for rec in dataset.images if rec.key not in cache]
+    kept, missing = usable_images(dataset, cache)
+    records = [dataset.images[i] for i in kept]
     if not records:
         raise InputError(cache.root, f"no cached proposals for the {len(missing)} images (run `detect proposals`)")
     if missing:
-        print(f"skipped {len(missing)} images without cached proposals: {', '.join(missing[:10])}"
-              f"{' ...' if len(missing) > 10 else ''}", file=sys.stderr, flush=True)
+        print(skipped_line(missing), file=sys.stderr, flush=True)
     loader = torch.utils.data.DataLoader(_Pixels(records), batch_size=None, num_workers=workers,
                                          collate_fn=_as_is)
     for i, pixels in progress(loader, desc=desc, unit="image", total=len(records)):

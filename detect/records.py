@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Container
 
 import numpy as np
 from torch import Tensor
@@ -46,6 +47,20 @@ class DetectionDataset:
     def index_of(self) -> dict[int, int]:
         """Map image_id -> position in `images`."""
         return {rec.image_id: i for i, rec in enumerate(self.images)}
+
+
+def usable_images(dataset: DetectionDataset, cache: Container[str]) -> tuple[list[int], list[str]]:
+    """Indices into dataset.images of the images with cached proposals (`rec.key in cache`, a
+    proposals.ProposalCache), and the keys without."""
+    kept, skipped = [], []
+    for i, rec in enumerate(dataset.images):
+        (kept if rec.key in cache else skipped).append(i)
+    return kept, [dataset.images[i].key for i in skipped]
+
+
+def skipped_line(keys: list[str]) -> str:
+    """The one line naming images left out for want of cached proposals."""
+    return f"skipped {len(keys)} images without cached proposals: {', '.join(keys[:10])}{' ...' if len(keys) > 10 else ''}"
 
 
 def inside_name(name: str, source: str | Path, what: str = "file name") -> str:

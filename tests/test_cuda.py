@@ -34,13 +34,7 @@ GPU = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU (tor
 DEVICES = ["cpu", pytest.param("cuda", marks=[pytest.mark.cuda, GPU])]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny steps: one CPU thread avoids oversubscribing a shared machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny steps: one thread (tests/conftest.py)
 
 
 @pytest.fixture(autouse=True)

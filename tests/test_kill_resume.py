@@ -33,14 +33,6 @@ MULTIBOX = ["model.width=0.125", "model.input_size=64", "model.num_priors=8", "t
             "train.epochs=4", "train.workers=0", "train.seed=3"]
 
 
-@pytest.fixture
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def cli(*argv: object) -> None:
     try:
         main([str(a) for a in argv])

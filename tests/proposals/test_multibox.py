@@ -33,15 +33,6 @@ STD = torch.full((2, 4), 0.1)
 GT = [torch.tensor([[0.1, 0.1, 0.5, 0.5]])]
 
 
-@pytest.fixture
-def one_thread():
-    """Tiny networks run faster on one thread than on two busy ones (no OpenMP spinning)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 # ----------------------------------------------------------------------------- loss
 
 def test_loss_two_predictions_one_ground_truth_by_hand():
