@@ -42,16 +42,23 @@ from backbone.errors import InputError
 @click.option("--errors", is_flag=True,
               help="--map: also show where the mAP goes: per class the objects found, named correctly and "
                    "confused with which class, and its top detections' kinds (tp, dup, loc, conf, bg).")
+@click.option("--shared-split", "shared_splits", multiple=True,
+              help="--box-accuracy: also name the boxes in the shared mode, pooled from the map after this block "
+                   "(stem, inception3a .. inception5a; repeat for several): does the classifier carry over to it?")
+@click.option("--shared-short-side", type=click.IntRange(min=0), default=0, show_default=True,
+              help="--box-accuracy with --shared-split: the image's shorter side scaled to this (0: as it is).")
 @click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:1 or auto.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True,
               help="Images (crops) per forward pass.")
 @click.option("--workers", type=click.IntRange(min=0), default=2, show_default=True,
               help="Data loading worker processes (0: load in the main process).")
 def eval_command(mode, data, split, models, crops, table, detections, protocol, iou_thresholds, proposals_path,
-                 json_path, plots, errors, device, batch_size, workers) -> None:
+                 json_path, plots, errors, shared_splits, shared_short_side, device, batch_size, workers) -> None:
     """Measure a classifier (--accuracy), a detector (--map, --box-accuracy) or proposals (--recall)."""
     if errors and mode != "map":
         raise click.UsageError("--errors goes with --map")
+    if shared_splits and mode != "box-accuracy":
+        raise click.UsageError("--shared-split goes with --box-accuracy")
     if mode == "accuracy":
         from detect.cli_backbone import eval_accuracy
         if not models:
@@ -76,6 +83,7 @@ def eval_command(mode, data, split, models, crops, table, detections, protocol, 
         if not models:
             from detect.detector import DEFAULT_MODEL_DIR
             models = (str(DEFAULT_MODEL_DIR),)
-        eval_box_accuracy(data=data, split=split, models=list(models), json_path=json_path, device=device)
+        eval_box_accuracy(data=data, split=split, models=list(models), json_path=json_path, device=device,
+                          shared_splits=shared_splits, short_side=shared_short_side)
     else:
         raise click.UsageError("choose one of --accuracy, --map, --recall, --box-accuracy")

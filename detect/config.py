@@ -38,6 +38,7 @@ class SharedConfig:
     short_side: int = 600  # shared mode: the image's shorter side scaled to this (Fast R-CNN: 600; 0 = as it is)
     max_side: int = 1000  # ... its longer side at most this (Fast R-CNN: 1000; 0 = no cap)
     sampling_ratio: int = 0  # roi_align samples per cell and axis (0 = adaptive; 0 and 1 exact at the member's scale)
+    split: str = "inception4e"  # the last block run once per image; the blocks after it run per region (Fast R-CNN: 4e's stride-16 map)
 
 
 @dataclass

@@ -173,17 +173,33 @@ def model_folders(paths: list[str]) -> list[Path]:
     return folders
 
 
+def box_logits(model: torch.nn.Module, size: int, image: torch.Tensor, boxes: torch.Tensor, context_pad: int,
+               split: str | None = None, short_side: int = 0) -> torch.Tensor:
+    """The model's outputs Tensor[R, C] for boxes (Tensor[R, 4]) of one normalised image
+    (Tensor[3, H, W]): of their R-CNN warps (split None), or in the shared mode, pooled from the
+    map after `split` of the image scaled to `short_side` (`detect.shared_mode`; softmax, whose
+    argmax is the logits')."""
+    from detect.regions import warp_regions
+    from detect.shared_mode import image_scale, member_views
+
+    if split is None:
+        return model(warp_regions(image, boxes, size, context_pad)).float()
+    scale = image_scale(image.shape[-2], image.shape[-1], short_side)
+    return member_views(model, image, boxes, size, scale=scale, context_pad=context_pad, split=split)[0][0]
+
+
 @torch.no_grad()
 def box_accuracy(model_dir: str | Path, dataset: DetectionDataset, context_pad: int = 16,
-                 device: str | torch.device = "cpu") -> dict:
+                 device: str | torch.device = "cpu", split: str | None = None, short_side: int = 0) -> dict:
     """{"boxes": n, "accuracy": top-1, "per_class": {name: top-1}} of one classifier or member
     on the ground-truth boxes of `dataset` whose class it knows (warped at its input size with
-    `context_pad` pixels of context at 224, as `detect.regions.warp_regions` warps regions)."""
+    `context_pad` pixels of context at 224, as `detect.regions.warp_regions` warps regions; with
+    `split`, scored in the shared mode instead: `box_logits`)."""
     from backbone.io import load_image
     from backbone.models import load_classifier
     from detect.detector import BACKGROUND
     from detect.finetune import class_key
-    from detect.regions import to_tensor, warp_regions
+    from detect.regions import to_tensor
 
     model, meta = load_classifier(model_dir, device)
     keys = [class_key(c) for c in meta.classes]
@@ -198,8 +214,8 @@ def box_accuracy(model_dir: str | Path, dataset: DetectionDataset, context_pad: 
         if not known.any():
             continue
         image = to_tensor(load_image(rec.path), meta.mean, meta.std, device)
-        crops = warp_regions(image, rec.boxes[known], meta.input_size, context_pad)
-        pred = model(crops).float().masked_fill(background, float("-inf")).argmax(1).cpu()
+        logits = box_logits(model, meta.input_size, image, rec.boxes[known], context_pad, split, short_side)
+        pred = logits.masked_fill(background, float("-inf")).argmax(1).cpu()
         labels = rec.labels.long()[known]
         counts.index_add_(0, labels, torch.ones(len(labels)))
         hits.index_add_(0, labels, (pred == want[known]).float())
@@ -210,25 +226,33 @@ def box_accuracy(model_dir: str | Path, dataset: DetectionDataset, context_pad: 
 
 
 def eval_box_accuracy(data: str, split: str | None, models: list[str], json_path: str | None = None,
-                      device: str = "auto") -> dict[str, dict]:
+                      device: str = "auto", shared_splits: tuple[str, ...] = (),
+                      short_side: int = 0) -> dict[str, dict]:
     """`detect eval --box-accuracy`: print (and optionally write as JSON) `box_accuracy` of each
-    model folder (a detector run: each of its members); returns {folder: result}."""
+    model folder (a detector run: each of its members), warped as R-CNN does and, for each of
+    `shared_splits`, in the shared mode at that split; returns {folder or "folder @ split": result}."""
     import click
 
     from backbone.errors import InputError
     from backbone.io import atomic_write_json
     from detect.data import load_dataset
     from backbone.device import resolve_device
+    from detect.shared_mode import SPLITS
 
     dataset = load_dataset(data, split=split)
     if not dataset.images:
         raise InputError(data, "the data set has no images: nothing to evaluate")
     dev = resolve_device(device)
+    for name in shared_splits:
+        if name not in SPLITS:
+            raise InputError(None, f"--shared-split must be one of {', '.join(SPLITS)}, got '{name}'")
     results = {}
     for folder in model_folders(models):
-        r = results[str(folder)] = box_accuracy(folder, dataset, device=dev)
-        per_class = ", ".join(f"{c} {a:.3f}" for c, a in r["per_class"].items())
-        click.echo(f"{folder}: {r['accuracy']:.4f} top-1 on {r['boxes']} ground-truth boxes ({per_class})")
+        for where in (None, *shared_splits):
+            label = str(folder) if where is None else f"{folder} @ {where}"
+            r = results[label] = box_accuracy(folder, dataset, device=dev, split=where, short_side=short_side)
+            per_class = ", ".join(f"{c} {a:.3f}" for c, a in r["per_class"].items())
+            click.echo(f"{label}: {r['accuracy']:.4f} top-1 on {r['boxes']} ground-truth boxes ({per_class})")
     if json_path:
         atomic_write_json(json_path, results)
     return results

@@ -29,6 +29,7 @@ import torch
 from torch import Tensor, nn
 
 from backbone.distributed import DistInfo
+from backbone.errors import InputError
 from backbone.engine import Meter, Schedule, TrainState, set_lr
 from backbone.models import ModelMeta
 from detect.config import DetectorConfig
@@ -37,8 +38,8 @@ from detect import finetune
 from detect.finetune import member_network
 from detect.regions import to_tensor
 from detect.sampling import SEED_DROPOUT, mix_seed, sample_minibatch
-from detect.shared_mode import check_member, grid_size, image_scale, pool_regions, region_head, region_rois, \
-    scaled_size, trunk_features
+from detect.shared_mode import DEFAULT_SPLIT, check_member, check_split, grid_size, image_scale, pool_regions, \
+    region_head, region_rois, scaled_size, split_geometry, trunk_features
 from proposals import ProposalCache
 
 SEED_IMAGE_FLIP = 4  # the random stream of the whole-image flips, beside detect.sampling's SEED_* streams
@@ -48,10 +49,12 @@ class SharedNet(nn.Module):
     """A member's network in the shared mode, as one module so that DistributedDataParallel sees
     one forward pass: images and their regions in, logits of every region out."""
 
-    def __init__(self, net: nn.Module, input_size: int, sampling_ratio: int, channels_last: bool = False):
+    def __init__(self, net: nn.Module, input_size: int, sampling_ratio: int, channels_last: bool = False,
+                 split: str = DEFAULT_SPLIT):
         super().__init__()
         self.net = check_member(net)
-        self.input_size, self.grid, self.sampling_ratio = input_size, grid_size(input_size), sampling_ratio
+        self.input_size, self.grid, self.sampling_ratio = input_size, grid_size(input_size, split), sampling_ratio
+        self.split, self.stride = split, split_geometry(split)[0]
         self.layout = torch.channels_last if channels_last else torch.contiguous_format
 
     def forward(self, images: list[Tensor], rois: list[Tensor], scales: list[float]) -> Tensor:
@@ -59,9 +62,10 @@ class SharedNet(nn.Module):
         the scaled images' pixels); scales: B trunk scales. Returns logits Tensor[R, K+1]."""
         pooled = []
         for image, boxes, scale in zip(images, rois, scales):
-            features, _ = trunk_features(self.net, image.unsqueeze(0).contiguous(memory_format=self.layout), scale)
-            pooled.append(pool_regions(features[0], boxes, self.grid, self.sampling_ratio))
-        return region_head(self.net, torch.cat(pooled))[0]
+            features, _ = trunk_features(self.net, image.unsqueeze(0).contiguous(memory_format=self.layout), scale,
+                                         self.split)
+            pooled.append(pool_regions(features[0], boxes, self.grid, self.sampling_ratio, self.stride))
+        return region_head(self.net, torch.cat(pooled), self.split)[0]
 
 
 def step_inputs(decoded: list, group: list[int], cfg: DetectorConfig, meta: ModelMeta, seed: int, epoch: int,
@@ -84,7 +88,7 @@ def step_inputs(decoded: list, group: list[int], cfg: DetectorConfig, meta: Mode
         scale = image_scale(height, width, cfg.shared.short_side, cfg.shared.max_side)
         size_hw = scaled_size(height, width, scale)
         rois.append(region_rois(boxes.to(dist.device, non_blocking=True), (size_hw[0] / height, size_hw[1] / width),
-                                size, cfg.regions.context_pad))  # non_blocking: no wait for the GPU's queue
+                                size, cfg.regions.context_pad, cfg.shared.split))  # non_blocking: no wait for the GPU's queue
         images.append(x)
         scales.append(scale)
         labels.append(sample.labels)
@@ -124,12 +128,17 @@ def train_member(index: int, init_run: str | Path, classes: list[str], loader: t
     ft = cfg.finetune
     model, meta = member_network(init_run, classes, ft, ft.seed + index, dist.device)
     meta.extra["mode"] = "shared"
-    shared = SharedNet(model, cfg.regions.crop_size or meta.input_size, cfg.shared.sampling_ratio, ft.channels_last)
+    shared = SharedNet(model, cfg.regions.crop_size or meta.input_size, cfg.shared.sampling_ratio, ft.channels_last,
+                       cfg.shared.split)
     return finetune.fit_member(index, model, meta, shared, train_one_epoch, classes, loader, cfg, out_dir, val,
                                resume, dist, label=" (shared)")
 
 
 def train_detector(cfg: DetectorConfig, *args, **kwargs) -> Path:
     """`detect.finetune.train_detector` with this module's member trainer (what train-detector
-    runs for mode: shared); the same arguments."""
+    runs for mode: shared); the same arguments. InputError on an unknown shared.split."""
+    try:
+        check_split(cfg.shared.split)
+    except ValueError as err:
+        raise InputError(None, str(err)) from None
     return finetune.train_detector(cfg, *args, member_trainer=train_member, **kwargs)

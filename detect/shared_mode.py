@@ -59,10 +59,11 @@ from detect.box_regression import BoxRegressor, mean_deltas
 from detect.config import MODES, DetectorConfig
 from detect.regions import dilate_boxes, scaled_context_pad, to_tensor
 
-STRIDE = 16  # input pixels per cell of inception 4e
-FIRST_CENTRE = 14.5  # centre of 4e's cell 0 in input pixels (continuous; pixel i covers [i, i + 1))
-TRUNK_4E = ("inception3a", "inception3b", "pool3", "inception4a", "inception4b", "inception4c",
-            "inception4d", "inception4e")  # after the stem, in forward order
+LAYERS = ("inception3a", "inception3b", "pool3", "inception4a", "inception4b", "inception4c", "inception4d",
+          "inception4e", "pool4", "inception5a", "inception5b")  # after the stem, in forward order
+SPLITS = ("stem", *LAYERS[:-1])  # where the trunk may stop: 5b's output is pooled by the head itself
+DEFAULT_SPLIT = "inception4e"  # SPP-net's and Fast R-CNN's choice: the last map before the head's pool
+STEM_STRIDE, STEM_CENTRE = 8, 6.5  # the stem's output cell j is centred on input pixel 8 j + 6.5
 
 
 def check_member(model: nn.Module) -> GoogLeNet:
@@ -72,10 +73,39 @@ def check_member(model: nn.Module) -> GoogLeNet:
     return model
 
 
-def grid_size(input_size: int) -> int:
-    """Side n of inception 4e's map for an S x S input (ceil-mode pools): 224 -> 14, 48 -> 3."""
+def check_split(split: str) -> str:
+    """`split` if it names a block the trunk may stop after (SPLITS); ValueError otherwise."""
+    if split not in SPLITS:
+        raise ValueError(f"shared.split must be one of {', '.join(SPLITS)}, got '{split}'")
+    return split
+
+
+def trunk_layers(split: str = DEFAULT_SPLIT) -> tuple[str, ...]:
+    """The blocks after the stem that run once per image: through `split` ("stem": none)."""
+    return LAYERS[:LAYERS.index(check_split(split)) + 1] if split != "stem" else ()
+
+
+def head_layers(split: str = DEFAULT_SPLIT) -> tuple[str, ...]:
+    """The blocks that run once per region, on the pooled grid: after `split`, through 5b."""
+    return LAYERS[len(trunk_layers(split)):]
+
+
+def split_geometry(split: str = DEFAULT_SPLIT) -> tuple[int, float]:
+    """(stride, centre of cell 0) of the map after `split`, in input pixels: each 3x3/2 pool
+    without padding centres its cell k on the previous map's cell 2k + 1 (inception 4e: 16, 14.5)."""
+    stride, centre = STEM_STRIDE, STEM_CENTRE
+    for name in trunk_layers(split):
+        if name.startswith("pool"):
+            stride, centre = 2 * stride, centre + stride
+    return stride, centre
+
+
+def grid_size(input_size: int, split: str = DEFAULT_SPLIT) -> int:
+    """Side n of the map after `split` for an S x S input (ceil-mode pools): inception 4e at
+    224 -> 14, at 48 -> 3; the stem at 48 -> 6."""
     side = (input_size - 1) // 2 + 1  # conv 7x7/2, pad 3
-    for _ in range(3):  # the stem's two max pools and pool3, 3x3/2, rounding up
+    pools = 2 + sum(name.startswith("pool") for name in trunk_layers(split))
+    for _ in range(pools):  # 3x3/2, rounding up
         side = math.ceil((side - 3) / 2) + 1
     return side
 
@@ -96,8 +126,9 @@ def scaled_size(height: int, width: int, scale: float) -> tuple[int, int]:
     return max(1, round(height * scale)), max(1, round(width * scale))
 
 
-def trunk_features(model: nn.Module, images: Tensor, scale: float = 1.0) -> tuple[Tensor, tuple[float, float]]:
-    """Inception 4e's map of normalised images scaled by `scale`.
+def trunk_features(model: nn.Module, images: Tensor, scale: float = 1.0,
+                   split: str = DEFAULT_SPLIT) -> tuple[Tensor, tuple[float, float]]:
+    """The map after `split` (inception 4e by default) of normalised images scaled by `scale`.
 
     images (Tensor[B, 3, H, W]) -> (Tensor[B, C, h, w], (sy, sx)): the map and the scale per
     axis actually used (the resized size is rounded to whole pixels). scale 1 is no resize.
@@ -109,52 +140,56 @@ def trunk_features(model: nn.Module, images: Tensor, scale: float = 1.0) -> tupl
         images = F.interpolate(images, size=size, mode="bilinear", align_corners=False,
                                antialias=scale < 1.0)
     x = net.stem(images)
-    for name in TRUNK_4E:
+    for name in trunk_layers(split):
         x = getattr(net, name)(x)
     return x, (size[0] / height, size[1] / width)
 
 
-def region_rois(boxes: Tensor, scales: tuple[float, float], input_size: int, context_pad: int) -> Tensor:
-    """roi_align boxes (scaled-image pixels) whose n x n bin centres fall where the member's own
-    4e cells sit over the R-CNN warp of each region.
+def region_rois(boxes: Tensor, scales: tuple[float, float], input_size: int, context_pad: int,
+                split: str = DEFAULT_SPLIT) -> Tensor:
+    """roi_align boxes (scaled-image pixels) whose n x n bin centres fall where the cells of the
+    member's own map after `split` sit over the R-CNN warp of each region.
 
     boxes (Tensor[R, 4]) xyxy in original image pixels; scales (sy, sx) of the trunk's image;
     context_pad: context pixels at a 224 crop (as detect.regions). Returns Tensor[R, 4].
-    The warp maps crop pixel p to x1 + p * w / S; the member's cell i is at crop pixel
-    16 i + 14.5; roi_align (aligned=True, scale 1/16) samples bin i at
-    a / 16 - 0.5 + (i + 0.5) * b / (16 n) for a roi [a, a + b]; equal for every i when
-    b = 16 n s w / S and a = s x1 - (14.5 - 8) (1 - s w / S).
+    The warp maps crop pixel p to x1 + p * w / S; the member's cell i is at crop pixel t i + c
+    (`split_geometry`: t = 16, c = 14.5 for 4e); roi_align (aligned=True, scale 1/t) samples
+    bin i at a / t - 0.5 + (i + 0.5) * b / (t n) for a roi [a, a + b]; equal for every i when
+    b = t n s w / S and a = s x1 - (c - t / 2) (1 - s w / S).
     """
     regions = dilate_boxes(boxes.float(), input_size, scaled_context_pad(context_pad, input_size))
-    n = grid_size(input_size)
+    n, (stride, centre) = grid_size(input_size, split), split_geometry(split)
     s = torch.tensor([scales[1], scales[0]]).to(regions.device, non_blocking=True)  # x, y; no wait for a GPU
     start, extent = regions[:, :2] * s, (regions[:, 2:] - regions[:, :2]) * s
-    a = start - (FIRST_CENTRE - STRIDE / 2) * (1 - extent / input_size)
-    return torch.cat([a, a + extent * (STRIDE * n / input_size)], dim=1)
+    a = start - (centre - stride / 2) * (1 - extent / input_size)
+    return torch.cat([a, a + extent * (stride * n / input_size)], dim=1)
 
 
-def pool_regions(features: Tensor, rois: Tensor, grid: int, sampling_ratio: int = 0) -> Tensor:
-    """Each roi's features on a grid x grid: Tensor[C, h, w] map, rois (Tensor[R, 4]) in
-    scaled-image pixels -> Tensor[R, C, grid, grid] (zero where a sample is over a cell
-    outside the map, as roi_align)."""
+def pool_regions(features: Tensor, rois: Tensor, grid: int, sampling_ratio: int = 0, stride: int = 16) -> Tensor:
+    """Each roi's features on a grid x grid: Tensor[C, h, w] map of `stride` input pixels a
+    cell, rois (Tensor[R, 4]) in scaled-image pixels -> Tensor[R, C, grid, grid] (zero where a
+    sample is over a cell outside the map, as roi_align)."""
     batch = [rois.to(device=features.device, dtype=features.dtype)]
-    return roi_align(features.unsqueeze(0), batch, output_size=(grid, grid), spatial_scale=1.0 / STRIDE,
+    return roi_align(features.unsqueeze(0), batch, output_size=(grid, grid), spatial_scale=1.0 / stride,
                      sampling_ratio=sampling_ratio, aligned=True)
 
 
-def region_head(model: nn.Module, pooled: Tensor) -> tuple[Tensor, Tensor]:
-    """pool4, 5a, 5b, the average pool and the classifier: Tensor[R, C, n, n] -> (logits
-    Tensor[R, K+1], the pooled vector Tensor[R, D] float32 the classifier reads -- what
-    `pool_features` gives in the R-CNN mode, and what the box regressors read)."""
+def region_head(model: nn.Module, pooled: Tensor, split: str = DEFAULT_SPLIT) -> tuple[Tensor, Tensor]:
+    """The blocks after `split` (pool4, 5a, 5b after 4e), the average pool and the classifier:
+    Tensor[R, C, n, n] -> (logits Tensor[R, K+1], the pooled vector Tensor[R, D] float32 the
+    classifier reads -- what `pool_features` gives in the R-CNN mode, and what the box
+    regressors read)."""
     net = check_member(model)
-    x = net.inception5b(net.inception5a(net.pool4(pooled)))
+    x = pooled
+    for name in head_layers(split):
+        x = getattr(net, name)(x)
     features = net.pool_features(x.float())
     return net.fc(net.dropout(features)), features
 
 
 def member_views(model: nn.Module, image: Tensor, boxes: Tensor, input_size: int, *,
                  scale: float = 1.0, context_pad: int = 16, batch_size: int = 256,
-                 sampling_ratio: int = 0, mirror: bool = False,
+                 sampling_ratio: int = 0, split: str = DEFAULT_SPLIT, mirror: bool = False,
                  autocast: Callable[[], object] | None = None, channels_last: bool = False) -> tuple[Tensor, Tensor]:
     """One member's softmax and pooled features for every region on each view (1, or 2 with
     `mirror`: view 1 is the mirrored image with the mirrored boxes).
@@ -168,13 +203,13 @@ def member_views(model: nn.Module, image: Tensor, boxes: Tensor, input_size: int
         width = image.shape[-1]
         views.append((image.flip(-1), torch.stack([width - boxes[:, 2], boxes[:, 1], width - boxes[:, 0],
                                                    boxes[:, 3]], 1)))
-    outs = [_one_view(model, pixels, regions, input_size, scale, context_pad, batch_size, sampling_ratio,
+    outs = [_one_view(model, pixels, regions, input_size, scale, context_pad, batch_size, sampling_ratio, split,
                       autocast, channels_last) for pixels, regions in views]
     return torch.stack([p for p, _ in outs]), torch.stack([f for _, f in outs])
 
 
 def _one_view(model: nn.Module, image: Tensor, boxes: Tensor, input_size: int, scale: float,
-              context_pad: int, batch_size: int, sampling_ratio: int,
+              context_pad: int, batch_size: int, sampling_ratio: int, split: str,
               autocast: Callable[[], object] | None, channels_last: bool) -> tuple[Tensor, Tensor]:
     """Softmax [R, K+1] and pooled features [R, D] of one member on one view (see `member_views`)."""
     ctx = autocast or contextlib.nullcontext
@@ -182,16 +217,16 @@ def _one_view(model: nn.Module, image: Tensor, boxes: Tensor, input_size: int, s
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     with ctx():
-        features, scales = trunk_features(model, x, scale)
-    rois = region_rois(boxes.to(image.device), scales, input_size, context_pad)
-    grid = grid_size(input_size)
+        features, scales = trunk_features(model, x, scale, split)
+    rois = region_rois(boxes.to(image.device), scales, input_size, context_pad, split)
+    grid, stride = grid_size(input_size, split), split_geometry(split)[0]
     probs, vectors = [], []
     for start in range(0, len(rois), batch_size):
-        pooled = pool_regions(features[0], rois[start:start + batch_size], grid, sampling_ratio)
+        pooled = pool_regions(features[0], rois[start:start + batch_size], grid, sampling_ratio, stride)
         if channels_last:
             pooled = pooled.contiguous(memory_format=torch.channels_last)
         with ctx():
-            logits, vector = region_head(model, pooled)
+            logits, vector = region_head(model, pooled, split)
         probs.append(logits.float().softmax(dim=1))
         vectors.append(vector.float())
     if not probs:
@@ -260,7 +295,8 @@ def score_members(members: Sequence[tuple[nn.Module, ModelMeta]], pixels: np.nda
     images = [normalised[(tuple(meta.mean), tuple(meta.std))] for _, meta in members]
     return ensemble_outputs([m for m, _ in members], sizes, images, boxes, regressors, keep_features, scale=scale,
                             context_pad=config.regions.context_pad, batch_size=inf.batch_size or 256,
-                            sampling_ratio=config.shared.sampling_ratio, mirror=inf.mirror, autocast=autocast,
+                            sampling_ratio=config.shared.sampling_ratio, split=config.shared.split, mirror=inf.mirror,
+                            autocast=autocast,
                             channels_last=inf.channels_last)
 
 
@@ -272,6 +308,8 @@ def detector_scores(detector, pixels: np.ndarray, boxes: Tensor, regress: bool =
     ValueError for `regress` without regressors or a member that is not backbone's GoogLeNet."""
     if detector.config.mode not in MODES:
         raise InputError(None, f"mode must be one of {', '.join(MODES)}, got '{detector.config.mode}'")
+    if detector.config.shared.split not in SPLITS:
+        raise InputError(None, f"shared.split must be one of {', '.join(SPLITS)}, got '{detector.config.shared.split}'")
     if regress and not detector.regressors:
         raise ValueError("this detector has no box regressors (fit them with `detect fit-boxes`)")
     start = time.perf_counter()
@@ -308,22 +346,23 @@ def count_multiply_adds(run: Callable[[], object], modules: Sequence[nn.Module])
 
 
 def multiply_adds_per_image(model: nn.Module, input_size: int, height: int, width: int, regions: int,
-                            scale: float = 1.0, mirror: bool = False) -> dict[str, int]:
+                            scale: float = 1.0, mirror: bool = False, split: str = DEFAULT_SPLIT) -> dict[str, int]:
     """Counted multiply-adds of one member on one H x W image with `regions` regions, both modes.
 
-    {"rcnn": regions x one S x S forward, "shared": the trunk to 4e on the scaled image +
-    regions x the per-region head (pool4 .. classifier), "shared_trunk", "shared_regions"};
+    {"rcnn": regions x one S x S forward, "shared": the trunk through `split` on the scaled
+    image + regions x the per-region head (the rest), "shared_trunk", "shared_regions"};
     with `mirror` every count doubles (each view runs the same work). Runs the network on one
     crop, one image and one pooled region (not on every region: each costs the same).
     """
     net = check_member(model).eval()
     device = next(net.parameters()).device
-    n = grid_size(input_size)
+    n = grid_size(input_size, split)
     crop = count_multiply_adds(lambda: net(torch.zeros(1, 3, input_size, input_size, device=device)), [net])
     trunk = count_multiply_adds(lambda: trunk_features(net, torch.zeros(1, 3, height, width, device=device),
-                                                       scale), [net])
-    region = count_multiply_adds(lambda: region_head(net, torch.zeros(1, net.inception4e.out_channels, n, n,
-                                                                      device=device)), [net])
+                                                       scale, split), [net])
+    with torch.inference_mode():
+        channels = trunk_features(net, torch.zeros(1, 3, input_size, input_size, device=device), 1.0, split)[0].shape[1]
+    region = count_multiply_adds(lambda: region_head(net, torch.zeros(1, channels, n, n, device=device), split), [net])
     views = 2 if mirror else 1
     return {"rcnn": views * regions * crop, "shared": views * (trunk + regions * region),
             "shared_trunk": views * trunk, "shared_regions": views * regions * region}

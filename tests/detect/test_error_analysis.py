@@ -11,7 +11,7 @@ from backbone.models import ModelMeta, build_model, save_classifier
 from cli_helpers import run
 from detect.data import DetectionDataset, ImageRecord, load_dataset, write_voc
 from detect.detector import save_detector_run
-from detect.error_analysis import box_accuracy, error_report, naming_table, top_detection_kinds
+from detect.error_analysis import box_accuracy, box_logits, error_report, naming_table, top_detection_kinds
 from detect.results import write_detections
 from shapes_data import make_shapes_dataset
 from tiny_detector import make_config
@@ -143,3 +143,33 @@ def test_box_accuracy_by_hand(tmp_path, capsys):
     first, second = results.values()
     assert first["boxes"] == len(labels) and abs(first["accuracy"] - count["triangle"] / len(labels)) < 1e-9
     assert abs(second["accuracy"] - count["disc"] / len(labels)) < 1e-9
+
+
+def test_box_logits_of_both_modes_agree_on_a_whole_image_box():
+    # At the member's scale a box whose dilation is the whole image is the same function in
+    # both modes, at every split (the shared mode's geometry is exact there).
+    torch.manual_seed(0)
+    model = build_model("googlenet", 5, width=0.125, aux_logits=False).eval()
+    with torch.no_grad():
+        model.fc.weight.mul_(20.0)
+        image = torch.randn(3, 64, 64)
+        pad = 5  # 16 px of context at 224 is round(4.57) = 5 px at 64
+        box = torch.tensor([[pad, pad, 64.0 - pad, 64.0 - pad]])
+        warped = box_logits(model, 64, image, box, 16).softmax(1)
+        for split in ("stem", "inception3b", "inception4e"):
+            torch.testing.assert_close(box_logits(model, 64, image, box, 16, split), warped, atol=1e-5, rtol=0)
+
+
+def test_box_accuracy_in_the_shared_mode(tmp_path, capsys):
+    torch.set_num_threads(1)
+    root = make_shapes_dataset(tmp_path / "data", {"val": 3}, size=96, seed=2)
+    save_classifier(tmp_path / "clf", *_constant_model(["disc", "square", "triangle"], [0.0, 5.0, 1.0]))
+    code, out, _ = run(capsys, "eval", "--box-accuracy", "--data", str(root), "--split", "val", "--device", "cpu",
+                       "--model", str(tmp_path / "clf"), "--shared-split", "stem", "--json", str(tmp_path / "r.json"))
+    assert code == 0, out
+    results = json.loads((tmp_path / "r.json").read_text())
+    plain, shared = results.values()
+    assert list(results)[1].endswith(" @ stem") and shared == plain  # a constant model: same answers
+    code, _, err = run(capsys, "eval", "--box-accuracy", "--data", str(root), "--split", "val",
+                       "--model", str(tmp_path / "clf"), "--shared-split", "conv9")
+    assert code != 0 and "--shared-split must be one of" in err and len(err.strip().splitlines()) == 1

@@ -6,8 +6,8 @@ from torch import nn
 
 from backbone.models import build_model
 from detect.regions import scaled_context_pad, to_tensor, warp_regions
-from detect.shared_mode import (FIRST_CENTRE, STRIDE, check_member, ensemble_scores, grid_size, image_scale,
-                                multiply_adds_per_image, region_rois, trunk_features)
+from detect.shared_mode import (SPLITS, check_member, ensemble_scores, grid_size, image_scale, multiply_adds_per_image,
+                                region_rois, split_geometry, trunk_features, trunk_layers)
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 K = 10
@@ -26,26 +26,30 @@ def random_image(height: int, width: int, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
 
 
-def test_grid_size_is_the_networks_4e_grid():
+def test_grid_size_is_the_networks_grid_at_each_split():
     net = member(0.125, 0)
-    assert grid_size(224) == 14 and grid_size(48) == 3
-    for size in (48, 64, 100, 224):
-        with torch.no_grad():
-            features, scales = trunk_features(net, torch.zeros(1, 3, size, size))
-        assert features.shape[-2:] == (grid_size(size), grid_size(size)) and scales == (1.0, 1.0)
+    assert grid_size(224) == 14 and grid_size(48) == 3 and grid_size(48, "stem") == 6 and grid_size(224, "pool4") == 7
+    for split in SPLITS:
+        for size in (48, 64, 100, 224):
+            with torch.no_grad():
+                features, scales = trunk_features(net, torch.zeros(1, 3, size, size), split=split)
+            assert features.shape[-2:] == (grid_size(size, split), grid_size(size, split)) and scales == (1.0, 1.0)
+    assert trunk_layers("stem") == () and trunk_layers()[-1] == "inception4e"
 
 
-def test_cell_centre_composes_from_the_layers():
+@pytest.mark.parametrize("split", SPLITS)
+def test_cell_centre_composes_from_the_layers(split):
     # Each conv / pool maps output j to input s*j + (k-1)/2 - p (its window's centre); compose
-    # through the stem and pool3 (the inception blocks are stride 1 and symmetric).
+    # through the stem and the pools up to the split (the inception blocks are stride 1 and symmetric).
     net = member(0.125, 0)
     stride, offset = 1, 0.0
-    for layer in [*net.stem.modules(), net.pool3]:
-        if isinstance(layer, (nn.Conv2d, nn.MaxPool2d)):
+    for layer in [*net.stem.modules(), *(getattr(net, name) for name in trunk_layers(split))]:
+        if isinstance(layer, (nn.Conv2d, nn.MaxPool2d)) and layer.stride not in (1, (1, 1)):
             k, s, p = (v if isinstance(v, int) else v[0] for v in (layer.kernel_size, layer.stride, layer.padding))
             offset += stride * ((k - 1) / 2 - p)
             stride *= s
-    assert (stride, offset + 0.5) == (STRIDE, FIRST_CENTRE) == (16, 14.5)
+    assert (stride, offset + 0.5) == split_geometry(split)
+    assert split_geometry() == (16, 14.5) and split_geometry("stem") == (8, 6.5)
 
 
 def test_region_rois_hand_computed():
@@ -66,8 +70,9 @@ def test_image_scale_follows_fast_rcnn():
     assert image_scale(375, 500, 0) == 1.0
 
 
-@pytest.mark.parametrize("width,size", [(1.0, 224), (0.25, 48)])
-def test_whole_image_box_reproduces_the_classifier(width, size):
+@pytest.mark.parametrize("width,size,split", [(1.0, 224, "inception4e"), (0.25, 48, "inception4e"), (0.25, 48, "stem"),
+                                              (0.25, 64, "inception3b"), (0.25, 64, "pool4")])
+def test_whole_image_box_reproduces_the_classifier(width, size, split):
     """Pooled from the member's own map at its scale, a box covering the whole image is the
     classifier's forward pass; so is the R-CNN warp of that box."""
     net = member(width, 1)
@@ -76,13 +81,14 @@ def test_whole_image_box_reproduces_the_classifier(width, size):
     with torch.no_grad():
         expected = net(x.unsqueeze(0)).softmax(1)
     whole = torch.tensor([[0.0, 0.0, size, size]])
-    got = ensemble_scores([net], [size], x, whole, context_pad=0)
+    got = ensemble_scores([net], [size], x, whole, context_pad=0, split=split)
     torch.testing.assert_close(got, expected, atol=1e-6, rtol=0)
     assert (expected.max() - expected.min()) > 0.1  # not a flat softmax that anything would match
     # With R-CNN's 16 px context, the box whose dilation is the image; both modes agree.
     p = scaled_context_pad(16, size)
     inner = torch.tensor([[p, p, size - p, size - p]], dtype=torch.float32)
-    torch.testing.assert_close(ensemble_scores([net], [size], x, inner, context_pad=16), expected, atol=1e-5, rtol=0)
+    torch.testing.assert_close(ensemble_scores([net], [size], x, inner, context_pad=16, split=split), expected,
+                               atol=1e-5, rtol=0)
     with torch.no_grad():
         rcnn = net(warp_regions(x, inner, size, 16)).softmax(1)
     torch.testing.assert_close(rcnn, expected, atol=1e-5, rtol=0)
@@ -124,10 +130,13 @@ def test_mirror_averages_each_region_with_its_mirror():
                                both, atol=1e-6, rtol=0)
 
 
-def test_multiply_adds_split_the_forward_pass():
+@pytest.mark.parametrize("split", ["stem", "inception4e"])
+def test_multiply_adds_split_the_forward_pass(split):
     net = member(0.25, 0)
-    counts = multiply_adds_per_image(net, 48, 48, 48, regions=1)
+    counts = multiply_adds_per_image(net, 48, 48, 48, regions=1, split=split)
     assert counts["shared"] == counts["rcnn"]  # one region covering the image: the same network
+    early, late = (multiply_adds_per_image(net, 48, 96, 144, 10, split=s) for s in ("stem", "inception4e"))
+    assert early["shared_trunk"] < late["shared_trunk"] and early["shared_regions"] > late["shared_regions"]
     counts = multiply_adds_per_image(net, 48, 96, 144, regions=10, mirror=True)
     one = multiply_adds_per_image(net, 48, 48, 48, regions=1)["rcnn"]
     assert counts["rcnn"] == 2 * 10 * one

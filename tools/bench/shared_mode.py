@@ -21,6 +21,16 @@ region), for busy machines; the JSON says so.
 
     python tools/bench/shared_mode.py
     python tools/bench/shared_mode.py --rcnn-regions 160 --json runs/bench_shared_mode.json
+
+With --detectors RCNN_RUN SHARED_RUN (two trained detector runs, one of each mode) it measures
+them instead on the first --images images of a data set with cached proposals (the demo's test
+scenes): each run's `Detector.score_regions` on every cached proposal of each image, as
+`detect eval --map` scores them (mirroring and all members as the runs are configured); the
+multiply-adds are counted per image and member (`multiply_adds_per_image` at the run's split and
+scale), the seconds are the fastest of --repeats passes over the images.
+
+    python tools/bench/shared_mode.py --detectors runs/demo/detector runs/demo/detector_shared \
+        --data runs/demo/scenes --split test --proposals runs/demo/proposals --images 20
 """
 from __future__ import annotations
 
@@ -80,6 +90,46 @@ def fastest(runs: list, repeats: int) -> list[float]:
     return [min(t) for t in times]
 
 
+def run_gmacs(detector: Detector, height: int, width: int, regions: int) -> float:
+    """Counted G multiply-adds of scoring `regions` regions of one H x W image with every member
+    of `detector`, in its mode (mirrored views included)."""
+    cfg, total = detector.config, 0
+    scale = image_scale(height, width, cfg.shared.short_side, cfg.shared.max_side)
+    for model, meta in detector.members:
+        counts = multiply_adds_per_image(model, cfg.regions.crop_size or meta.input_size, height, width, regions,
+                                         scale, cfg.inference.mirror, cfg.shared.split)
+        total += counts["rcnn" if cfg.mode == "rcnn" else "shared"]
+    return total / 1e9
+
+
+def scenes_bench(args: argparse.Namespace) -> dict:
+    """Both trained runs on the first --images images with cached proposals: G multiply-adds and
+    seconds per image of each, and their ratios (R-CNN's over the shared mode's)."""
+    from backbone.io import load_image
+    from detect.data import load_dataset
+    from proposals import ProposalCache
+
+    cache = ProposalCache(args.proposals)
+    records = [r for r in load_dataset(args.data, args.split).images if r.key in cache][:args.images]
+    images = [(load_image(r.path), cache.get(r.key)[0].float()) for r in records]
+    detectors = [Detector.load(run, device=args.device) for run in args.detectors]
+    modes = [d.config.mode for d in detectors]
+    if modes != ["rcnn", "shared"]:
+        raise SystemExit(f"--detectors: give an R-CNN run, then a shared-mode run (got modes {modes})")
+    gmacs = [sum(run_gmacs(d, *img.shape[:2], len(b)) for img, b in images) / len(images) for d in detectors]
+    passes = [lambda d=d: [d.score_regions(img, b) for img, b in images] for d in detectors]
+    seconds = [t / len(images) for t in fastest(passes, args.repeats)]
+    result = {
+        "cpu": cpu_name(), "device": args.device, "threads": torch.get_num_threads(), "images": len(images),
+        "regions_per_image": sum(len(b) for _, b in images) / len(images), "detectors": args.detectors,
+        "members": [len(d.members) for d in detectors], "mirror": [d.config.inference.mirror for d in detectors],
+        "shared_split": detectors[1].config.shared.split,
+        "rcnn_gmacs": gmacs[0], "shared_gmacs": gmacs[1], "work_ratio": gmacs[0] / gmacs[1],
+        "rcnn_s": seconds[0], "shared_s": seconds[1], "speed_ratio": seconds[0] / seconds[1],
+    }
+    return result
+
+
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--image", help="an image file (default: astronaut at 500 x 375)")
@@ -93,7 +143,15 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--classes", type=int, default=200)
     ap.add_argument("--json", help="also write the figures here")
+    ap.add_argument("--detectors", nargs=2, metavar=("RCNN_RUN", "SHARED_RUN"),
+                    help="two trained runs, one of each mode: measure them on --data's images instead")
+    ap.add_argument("--data", help="with --detectors: a data set (VOC/COCO) with cached --proposals")
+    ap.add_argument("--split", default="test", help="with --detectors: its split")
+    ap.add_argument("--proposals", help="with --detectors: the proposal cache of --data")
+    ap.add_argument("--images", type=int, default=20, help="with --detectors: the first N images with proposals")
     args = ap.parse_args(argv)
+    if args.detectors:
+        return report(scenes_bench(args), args.json)
 
     from backbone.io import load_image
 
@@ -131,10 +189,15 @@ def main(argv: list[str] | None = None) -> dict:
         "work_ratio": counts["rcnn"] / counts["shared"],
         "rcnn_s": rcnn_s, "shared_s": shared_s, "speed_ratio": rcnn_s / shared_s,
     }
+    return report(result, args.json)
+
+
+def report(result: dict, path: str | None) -> dict:
+    """Print `result` as JSON, and write it to `path` if given."""
     print(json.dumps(result, indent=1))
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(result, indent=1))
+    if path:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(json.dumps(result, indent=1))
     return result
 
 
