@@ -1,14 +1,18 @@
 """The shared-computation mode (SPP-net, Fast R-CNN): one trunk pass an image, features pooled per region.
 
-Shapes: R regions, K foreground classes (column 0 is background), C channels of inception 4e,
-h x w its map, S the member's input size (its crop side), n x n the 4e grid at S (14 at 224).
+Shapes: R regions, K foreground classes (column 0 is background), C channels of the map after
+the split, h x w that map, S the member's input size (its crop side), n x n the split's grid at
+S (inception 4e: 14 at 224, 3 at 48).
 
 R-CNN runs the whole network on every warped region. Here each member runs GoogLeNet from the
-stem through inception 4e once on the whole image (stride 16), each region's 4e features are
-pooled from that map with `torchvision.ops.roi_align` to the n x n grid the member's own 4e
-has at its input size, and the rest of the network -- pool4 (3x3/2), 5a, 5b, the average pool
-and the head -- runs on all regions of the image, `batch_size` at a time, with the very weights
-the classifier learned. The members' softmax outputs are averaged as in the R-CNN mode.
+stem through the split block (`shared.split`; inception 4e, stride 16, by default: Fast R-CNN's
+choice) once on the whole image, each region's features are pooled from that map with
+`torchvision.ops.roi_align` to the n x n grid the member's own map has there at its input size,
+and the rest of the network -- after 4e: pool4 (3x3/2), 5a, 5b, the average pool and the head --
+runs on all regions of the image, `batch_size` at a time, with the very weights the classifier
+learned. The members' softmax outputs are averaged as in the R-CNN mode. An earlier split costs
+more per region and keeps more of what a classifier learnt on small crops: at 48 px every cell
+of 4e's 3 x 3 map sees the crop's zero border (docs/detector.md, "Choosing the split").
 
 Box regression. The head's pass also gives each region's pooled vector (5b's average pool, the
 classifier's input: `pool_features` in the R-CNN mode), so one pass yields every member's softmax,
@@ -24,8 +28,9 @@ says why.
 
 Where each region samples the map. Inception 4e's cell j is centred on pixel 16 j + 14.5 of its
 input (continuous coordinates; the stem's conv 7x7/2 pad 3 and three 3x3/2 max pools without
-padding shift it). `region_rois` places each region's n x n roi_align samples exactly where the
-member's own 4e cells would sit over the R-CNN warp of that region (context padding included):
+padding shift it; the stem's own map: 8 j + 6.5, `split_geometry`). `region_rois` places each
+region's n x n roi_align samples exactly where the member's own cells would sit over the R-CNN
+warp of that region (context padding included):
 at the member's input scale a region then gets the member's own features, so a box covering a
 whole S x S image (S a multiple of 16) reproduces the classifier's forward pass within float
 rounding (tests/detect/test_shared_mode.py). roi_align uses aligned=True; `sampling_ratio` 0
